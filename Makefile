@@ -1,0 +1,69 @@
+# gft-companion: `make figures` regenerates every figure and number, `make test` runs the tests.
+# Both create the virtual environment .venv on first use (pip only; nothing outside the repo).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+PROFILE     ?= quick
+DEVICE      ?= auto
+BUILD       ?= build
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+
+NOTEBOOKS   := $(sort $(wildcard notebooks/*.ipynb))
+STEMS       := $(notdir $(basename $(NOTEBOOKS)))
+RESULTS     := $(patsubst %,results/%.json,$(STEMS))
+LIB_SOURCES := $(shell find gftlib -name '*.py' 2>/dev/null)
+
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: help setup figures test test-fast smoke bench lab clean distclean
+
+help: ## List the targets
+	@echo "gft-companion targets (PROFILE=$(PROFILE), DEVICE=$(DEVICE), TORCH_SPEC=$(TORCH_SPEC)):"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -r requirements.lock "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --no-deps torchcfm==1.0.7
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+setup: $(STAMP) ## Create .venv and install the pinned dependencies and gftlib (editable)
+
+figures: $(STAMP) ## Run every notebook (papermill, PROFILE=quick on the CPU) and write figures/, results/
+	$(PY) -m gftlib.experiments.run_notebooks --profile $(PROFILE) --device $(DEVICE) --build $(BUILD) $(NOTEBOOKS)
+	$(PY) -m gftlib.experiments.summary --results results --out results/summary.md
+
+results/%.json: notebooks/%.ipynb $(LIB_SOURCES) | $(STAMP)
+	$(PY) -m gftlib.experiments.run_notebooks --profile $(PROFILE) --device $(DEVICE) --build $(BUILD) $<
+
+test: $(STAMP) ## Run the whole test suite (unit tests + smoke runs of every notebook)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## Unit tests only (skips the notebook smoke runs and subprocess tests)
+	$(PY) -m pytest -q -m "not slow"
+
+smoke: $(STAMP) ## Run every notebook on the tiny smoke profile into $(BUILD)/smoke
+	$(PY) -m gftlib.experiments.run_notebooks --profile smoke --device cpu --build $(BUILD)/smoke \
+	    --figures $(BUILD)/smoke/figures --results $(BUILD)/smoke/results $(NOTEBOOKS)
+
+bench: $(STAMP) ## Benchmarks against torchcfm; writes benchmarks/results-<machine>.json and .md
+	$(PY) -m benchmarks.run --device $(DEVICE)
+
+lab: $(STAMP) ## Open JupyterLab on the project's own kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean: ## Remove generated outputs (build dir, caches); keeps sources, committed figures/results
+	rm -rf $(BUILD) .pytest_cache
+	find . -name '__pycache__' -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and also remove .venv
+	rm -rf $(VENV)
