@@ -1,0 +1,159 @@
+"""Execute notebooks headlessly with papermill (what ``make figures`` and the smoke tests call).
+
+Each notebook runs with the given ``profile`` and ``device`` (and any ``-p name value`` overrides)
+into ``<build>/notebooks/<stem>.ipynb``; the source under ``notebooks/`` stays free of outputs.
+Parameters that the notebook's ``parameters`` cell does not declare are rejected before anything
+runs. The first failing notebook stops the run with its name and the failing cell; its executed
+copy is kept for inspection.
+
+    python -m gftlib.experiments.run_notebooks --profile quick notebooks/t1_girsanov.ipynb
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gftlib.experiments.profiles import PROFILES
+from gftlib.io import atomic_write_json
+
+__all__ = ["NotebookFailed", "declared_parameters", "run_notebook", "main"]
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+def declared_parameters(notebook: str | os.PathLike[str]) -> dict[str, str]:
+    """Names (and default source text) assigned in the cell tagged ``parameters``."""
+    nb = json.loads(Path(notebook).read_text())
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            names: dict[str, str] = {}
+            for node in ast.parse(src).body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for tgt in targets:
+                        if isinstance(tgt, ast.Name):
+                            names[tgt.id] = ast.get_source_segment(src, node.value) or ""
+            return names
+    raise ValueError(f"{notebook}: no code cell is tagged 'parameters'")
+
+
+def _failing_cell(executed: Path) -> str:
+    """Describe the first cell whose output is an error in an executed notebook."""
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, ValueError):
+        return "unknown cell"
+    code_index = 0
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        code_index += 1
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                src = "".join(cell.get("source", "")).strip().splitlines()
+                first = src[0] if src else ""
+                return f"code cell {code_index} ({first[:60]!r}): {out.get('ename')}: {out.get('evalue')}"
+    return "unknown cell"
+
+
+def run_notebook(
+    notebook: str | os.PathLike[str],
+    *,
+    parameters: Mapping[str, Any],
+    build_dir: str | os.PathLike[str] = "build",
+    figures_dir: str | os.PathLike[str] | None = None,
+    results_dir: str | os.PathLike[str] | None = None,
+    kernel_name: str = "python3",
+    timeout: int | None = None,
+) -> Path:
+    """Execute one notebook with papermill; return the executed copy's path or raise NotebookFailed."""
+    import papermill as pm
+
+    notebook = Path(notebook)
+    declared = declared_parameters(notebook)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"{notebook.name}: unknown parameter(s) {unknown}; the parameters cell declares {sorted(declared)}"
+        )
+    out = Path(build_dir) / "notebooks" / notebook.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env_backup = {k: os.environ.get(k) for k in ("GFT_FIGURES_DIR", "GFT_RESULTS_DIR", "MPLBACKEND")}
+    if figures_dir is not None:
+        os.environ["GFT_FIGURES_DIR"] = str(Path(figures_dir).resolve())
+    if results_dir is not None:
+        os.environ["GFT_RESULTS_DIR"] = str(Path(results_dir).resolve())
+    os.environ["MPLBACKEND"] = "Agg"
+    try:
+        pm.execute_notebook(
+            str(notebook), str(out), parameters=dict(parameters), kernel_name=kernel_name,
+            cwd=str(notebook.parent), progress_bar=False, log_output=False,
+            execution_timeout=timeout,
+        )
+    except pm.PapermillExecutionError as err:
+        raise NotebookFailed(
+            f"notebook {notebook.name} failed in {_failing_cell(out)} "
+            f"(executed copy kept at {out})"
+        ) from err
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", help="notebook files to execute, in order")
+    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)}")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--build", default="build", help="folder for executed notebooks")
+    parser.add_argument("--figures", default=None, help="figure folder (default: figures/)")
+    parser.add_argument("--results", default=None, help="results folder (default: results/)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="override a notebook parameter (Python literal)")
+    args = parser.parse_args(argv)
+    if args.profile not in PROFILES:
+        parser.error(f"--profile must be one of {', '.join(PROFILES)}; got {args.profile!r}")
+    overrides = {name: _parse_value(value) for name, value in args.parameter}
+    timings: dict[str, float] = {}
+    for nb in args.notebooks:
+        params = {"profile": args.profile, "device": args.device, **overrides}
+        start = time.perf_counter()
+        print(f"[run_notebooks] {nb} (profile={args.profile}, device={args.device})", flush=True)
+        try:
+            run_notebook(nb, parameters=params, build_dir=args.build,
+                         figures_dir=args.figures, results_dir=args.results)
+        except (NotebookFailed, ValueError) as err:
+            print(f"[run_notebooks] FAILED: {err}", file=sys.stderr, flush=True)
+            return 1
+        timings[Path(nb).stem] = round(time.perf_counter() - start, 1)
+        print(f"[run_notebooks] done {nb} in {timings[Path(nb).stem]:.1f} s", flush=True)
+    timing_file = Path(args.build) / f"timings-{args.profile}.json"
+    previous = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    atomic_write_json(timing_file, {**previous, **timings})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Report/profile/verdict/summary utilities shared by every notebook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gftlib.experiments.profiles import resolve_parameters
+from gftlib.experiments.report import ChecksFailed, Report
+from gftlib.experiments.summary import build_summary
+from gftlib.experiments.verdict import claim_entry, verdict
+
+TABLE = {"smoke": {"n": 10, "betas": [1.0]}, "quick": {"n": 100, "betas": [1.0]}, "paper": {"n": 1000, "betas": [1.0]}}
+
+
+def test_profile_defaults_and_explicit_override() -> None:
+    p = resolve_parameters(TABLE, profile="quick", seed=3, device="cpu", n=None, betas=[0.5])
+    assert p == {"seed": 3, "profile": "quick", "device": "cpu", "n": 100, "betas": [0.5]}
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    ({"profile": "quik"}, ValueError, "profile must be one of 'smoke', 'quick', 'paper'; got 'quik'"),
+    ({"seed": -1}, ValueError, "seed must be an integer >= 0, got -1"),
+    ({"device": "gpu"}, ValueError, "device must be one of"),
+    ({"typo": 1}, ValueError, r"parameters \['typo'\] have no profile default"),
+])
+def test_profile_errors(kwargs, err, match) -> None:
+    base = {"profile": "quick", "seed": 0, "device": "cpu"}
+    base.update(kwargs)
+    with pytest.raises(err, match=match):
+        resolve_parameters(TABLE, **base)
+
+
+def test_report_writes_json_and_raises_on_failed_check(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GFT_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("GFT_FIGURES_DIR", str(tmp_path / "fig"))
+    r = Report("t0_demo", {"seed": 0})
+    r.check("ok", 0.1, 0.2, reason="bound")
+    r.numbers["x"] = 1.23456789012345
+    assert r.finalize() == tmp_path / "t0_demo.json"
+    r.check("bad", 0.3, 0.2, reason="bound")
+    with pytest.raises(ChecksFailed, match="bad: 0.3 <= 0.2 is false"):
+        r.finalize()
+    doc = json.loads((tmp_path / "t0_demo.json").read_text())
+    assert doc["all_checks_passed"] is False
+    assert [c["passed"] for c in doc["checks"]] == [True, False]
+    nan_check = r.check("nan", float("nan"), 1.0, reason="x")
+    assert not nan_check.passed
+
+
+def test_verdict_rule() -> None:
+    assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "lower") == "reproduced"
+    assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "higher") == "not reproduced"
+    assert verdict([1.0, 1.5, 0.5], [1.2, 1.4, 1.0], "lower") == "inconclusive"
+    with pytest.raises(ValueError, match="better must be one of"):
+        verdict([1.0], [2.0], "smaller")
+
+
+def test_summary_lists_claims(tmp_path: Path) -> None:
+    entry = claim_entry("shorter paths", "path length", [1.0, 1.1], [2.0, 2.2], better="lower", figure="e1_x")
+    (tmp_path / "e1_demo.json").write_text(json.dumps({
+        "claims": [entry], "checks": [{"name": "c", "passed": True}],
+        "parameters": {"profile": "quick"}, "environment": {"device_name": "cpu"}}))
+    text = build_summary(tmp_path)
+    assert "| shorter paths | path length (lower is better)" in text
+    assert "**reproduced**" in text
+    assert "| e1_demo | 1/1 | - |" in text

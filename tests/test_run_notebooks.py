@@ -1,0 +1,60 @@
+"""The papermill runner: unknown parameters rejected, failures name the notebook and the cell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from gftlib.experiments.run_notebooks import NotebookFailed, declared_parameters, main, run_notebook
+
+
+def _notebook(path: Path, body: str) -> Path:
+    params = new_code_cell("seed = 0\nprofile = 'quick'\ndevice = 'auto'\nn = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.write_text(nbformat.writes(nb))
+    return path
+
+
+def test_declared_parameters(tmp_path: Path) -> None:
+    nb = _notebook(tmp_path / "a.ipynb", "x = 1")
+    assert set(declared_parameters(nb)) == {"seed", "profile", "device", "n"}
+
+
+def test_unknown_parameter_is_rejected_before_running(tmp_path: Path) -> None:
+    nb = _notebook(tmp_path / "a.ipynb", "raise SystemExit('must not run')")
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['sede'\]"):
+        run_notebook(nb, parameters={"sede": 1}, build_dir=tmp_path / "build")
+
+
+def test_notebook_without_parameters_cell_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "b.ipynb"
+    path.write_text(nbformat.writes(new_notebook(cells=[new_code_cell("x = 1")])))
+    with pytest.raises(ValueError, match="no code cell is tagged 'parameters'"):
+        declared_parameters(path)
+
+
+@pytest.mark.slow
+def test_failure_names_notebook_and_cell_and_keeps_copy(tmp_path: Path, capsys) -> None:
+    nb = _notebook(tmp_path / "broken.ipynb", "raise ValueError('beta must be >= 0, got -1')")
+    with pytest.raises(NotebookFailed, match=r"broken.ipynb failed in code cell 3 .*ValueError: beta must be"):
+        run_notebook(nb, parameters={"seed": 1}, build_dir=tmp_path / "build")
+    kept = tmp_path / "build" / "notebooks" / "broken.ipynb"
+    assert kept.exists()
+    # The CLI stops at the first failing notebook and does not run the next one.
+    good = _notebook(tmp_path / "good.ipynb", "open('ran.txt', 'w').write('x')")
+    rc = main([str(nb), str(good), "--build", str(tmp_path / "build2")])
+    assert rc == 1
+    assert "broken.ipynb failed" in capsys.readouterr().err
+    assert not (tmp_path / "ran.txt").exists()
+
+
+def test_profile_typo_is_rejected(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["x.ipynb", "--profile", "quik"])
+    assert "--profile must be one of smoke, quick, paper; got 'quik'" in capsys.readouterr().err
