@@ -1,0 +1,197 @@
+"""The fine-tuning methods compared in the experiments, as (objective, init, schedule) triples.
+
+=============  ===============================================================  ==========  ===========
+name           objective                                                        init        schedule
+=============  ===============================================================  ==========  ===========
+scratch        CFM on the target, independent coupling                          random      none
+ft             CFM on the target, independent coupling                          pretrained  none
+ft-ot          CFM on the target, exact minibatch OT coupling                   pretrained  none
+l2-reg         CFM on the target (``target_coupling``) + beta * |b - b_pre|^2   pretrained  beta0 -> 0
+               on the *target* path points (naive baseline, TargetPathRegularizer)
+gft-drift      CFM on the target (``target_coupling``) + beta * drift-form      pretrained  beta0 -> 0
+               pretrained term (PretrainedDriftCache)
+gft-coupling   CFM on the target (``target_coupling``) + beta * coupling-form   pretrained  beta0 -> 0
+               pretrained term (PretrainedCouplingCache)
+reflow         CFM on cached pretrained pairs (x0, Phi_pre(x0)) only; no        pretrained  none
+               target term (ReflowObjective): stays at p_pre, straightens paths
+=============  ===============================================================  ==========  ===========
+
+``l2-reg`` uses the same cooling schedule and the same target coupling as GFT, so that the only
+difference is where the pretrained term is evaluated (target path vs pretrained flow). The frozen
+pretrained network is a deep copy of ``pretrained_model`` (eval mode, no gradients) on ``device``;
+whether the trained network starts from the pretrained weights is ``MethodSpec.init_from_pretrained``
+(the caller copies them).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gftlib.interpolants import Interpolant
+from gftlib.objectives import (
+    FlowMatchingObjective,
+    Objective,
+    PretrainedCouplingCache,
+    PretrainedDriftCache,
+    ReflowObjective,
+    TargetPathRegularizer,
+)
+from gftlib.schedules import CoolingSchedule, make_schedule
+from gftlib.validation import (
+    check_choice,
+    check_finite_number,
+    check_positive_int,
+    check_tensor,
+    resolve_device,
+)
+
+__all__ = ["METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+
+METHODS: tuple[str, ...] = ("scratch", "ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling", "reflow")
+
+METHOD_DESCRIPTIONS: dict[str, str] = {
+    "scratch": "CFM on the target from a random init (independent coupling)",
+    "ft": "standard fine-tuning: CFM on the target from the pretrained weights (independent coupling)",
+    "ft-ot": "fine-tuning with exact minibatch OT coupling from the pretrained weights",
+    "l2-reg": "naive L2-to-pretrained regulariser on the target path, cooled beta0 -> 0",
+    "gft-drift": "GFT, drift form: pretrained term on simulated pretrained trajectories, cooled beta0 -> 0",
+    "gft-coupling": "GFT, coupling form: pretrained term on cached pretrained pairs, cooled beta0 -> 0",
+    "reflow": "reflow: CFM on cached pretrained pairs (x0, Phi_pre(x0)) only, from the pretrained weights",
+}
+
+_GFT_LIKE = ("l2-reg", "gft-drift", "gft-coupling")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method ready to train: ``objective`` (gftlib.objectives.Objective), whether the trained
+    model starts from the pretrained weights, the cooling ``schedule`` (None: beta = 0 throughout)."""
+
+    name: str
+    objective: Objective
+    init_from_pretrained: bool
+    schedule: CoolingSchedule | None
+    description: str
+
+
+def freeze(model: nn.Module | Callable[[Tensor, Tensor], Tensor], device: torch.device
+           ) -> nn.Module | Callable[[Tensor, Tensor], Tensor]:
+    """A frozen copy of a network (deep copy, eval mode, requires_grad off, on ``device``); a plain
+    callable (e.g. an analytic field) is returned as is."""
+    if isinstance(model, nn.Module):
+        frozen = copy.deepcopy(model).to(device).eval()
+        frozen.requires_grad_(False)
+        return frozen
+    if not callable(model):
+        raise TypeError(
+            f"pretrained_model must be an nn.Module or a callable field(x, t), got {type(model).__name__}")
+    return model
+
+
+def build_method(
+    name: str,
+    *,
+    target_data: Tensor,
+    pretrained_model: nn.Module | Callable[[Tensor, Tensor], Tensor] | None,
+    batch_size: int,
+    steps: int,
+    beta0: float = 4.0,
+    schedule_kind: str = "cosine",
+    schedule_options: Mapping[str, Any] | None = None,
+    target_coupling: str = "ot",
+    interpolant: Interpolant | None = None,
+    diffusion: float = 0.0,
+    cache_size: int | None = None,
+    n_trajectories: int | None = None,
+    time_grid: int | Tensor = 32,
+    solver_method: str = "euler",
+    solver_steps: int = 32,
+    refresh_every: int | None = None,
+    chunk_size: int = 1024,
+    time_weight: Callable[[Tensor], Tensor] | None = None,
+    normalize: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+) -> MethodSpec:
+    """Build method ``name`` (one of :data:`METHODS`) for ``target_data`` (N, *shape).
+
+    ``pretrained_model``: the pretrained velocity network (or an analytic callable); None is only
+    allowed for "scratch". ``batch_size``: global batch. ``steps``: training steps (the schedule's
+    length). ``beta0``, ``schedule_kind``, ``schedule_options`` (e.g. {"rate": 5} or
+    {"n_stages": 4}): the cooling schedule of l2-reg / gft-*. ``target_coupling``: coupling of the
+    target term of l2-reg / gft-* ("ot" default; ft uses "independent", ft-ot "ot", scratch
+    "independent"). ``interpolant``/``diffusion``: the conditional path and its g (shared by both
+    terms; with g > 0 the pretrained network must be the SDE drift for g). ``cache_size``: pairs in
+    the coupling cache (gft-coupling, reflow; default N). ``n_trajectories`` (default min(N, 1024))
+    and ``time_grid`` (default 32 midpoints): drift cache (gft-drift). ``solver_method``,
+    ``solver_steps``: the frozen pretrained sampler. ``refresh_every``: cache refresh period in
+    pretrained batches (None: never). ``seed``: data order (seed) and caches (seed + 1).
+    ``device`` ("auto" | "cpu" | "cuda[:N]", default "auto" like TrainConfig): where the target
+    data, the frozen network and the caches live (use the training device; batches are moved to the
+    model's device in any case). Cache build cost: the coupling cache runs the pretrained sampler on
+    ``cache_size`` points, the drift cache on ``n_trajectories`` (once per refresh).
+    """
+    name = check_choice("name", name, METHODS)
+    check_tensor("target_data", target_data, min_ndim=2)
+    batch_size = check_positive_int("batch_size", batch_size)
+    steps = check_positive_int("steps", steps)
+    beta0 = check_finite_number("beta0", beta0, minimum=0.0)
+    seed = check_positive_int("seed", seed, minimum=0)
+    dev = resolve_device(device)
+    n_items, shape = int(target_data.shape[0]), tuple(target_data.shape[1:])
+    target_data = target_data.to(dev)
+    interpolant = Interpolant() if interpolant is None else interpolant
+    if not isinstance(interpolant, Interpolant):
+        raise TypeError(
+            f"interpolant must be a gftlib.interpolants.Interpolant, got {type(interpolant).__name__}")
+    if schedule_options is not None and not isinstance(schedule_options, Mapping):
+        raise TypeError(f"schedule_options must be a dict or None, got {type(schedule_options).__name__}")
+    cache_size = n_items if cache_size is None else check_positive_int("cache_size", cache_size)
+    n_trajectories = (min(n_items, 1024) if n_trajectories is None
+                      else check_positive_int("n_trajectories", n_trajectories))
+
+    if name == "scratch":
+        frozen = None
+    else:
+        if pretrained_model is None:
+            raise ValueError(
+                f"method {name!r} needs pretrained_model (only 'scratch' trains without one), got None")
+        frozen = freeze(pretrained_model, dev)
+
+    common = dict(batch_size=batch_size, interpolant=interpolant, diffusion=diffusion,
+                  time_weight=time_weight, normalize=normalize, seed=seed)
+    cache_common = dict(solver_method=solver_method, solver_steps=solver_steps, refresh_every=refresh_every,
+                        device=dev, seed=seed + 1, diffusion=diffusion, chunk_size=chunk_size,
+                        dtype=target_data.dtype)
+    schedule = None
+    if name in _GFT_LIKE:
+        schedule = make_schedule(schedule_kind, beta0, steps, **dict(schedule_options or {}))
+
+    if name in ("scratch", "ft"):
+        objective: Objective = FlowMatchingObjective(target_data, coupling="independent", **common)
+    elif name == "ft-ot":
+        objective = FlowMatchingObjective(target_data, coupling="ot", **common)
+    elif name == "l2-reg":
+        objective = FlowMatchingObjective(target_data, coupling=target_coupling,
+                                          pretrained=TargetPathRegularizer(frozen), **common)
+    elif name == "gft-drift":
+        term = PretrainedDriftCache(frozen, shape, n_trajectories=n_trajectories, time_grid=time_grid,
+                                    t_eps=interpolant.t_eps, **cache_common)
+        objective = FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=term, **common)
+    elif name == "gft-coupling":
+        term = PretrainedCouplingCache(frozen, shape, size=cache_size, interpolant=interpolant,
+                                       **cache_common)
+        objective = FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=term, **common)
+    else:  # reflow
+        cache = PretrainedCouplingCache(frozen, shape, size=cache_size, interpolant=interpolant,
+                                        **cache_common)
+        objective = ReflowObjective(cache, batch_size=batch_size, time_weight=time_weight)
+
+    return MethodSpec(name=name, objective=objective, init_from_pretrained=name != "scratch",
+                      schedule=schedule, description=METHOD_DESCRIPTIONS[name])
