@@ -1,0 +1,169 @@
+"""Command-line training: ``python -m gftlib.experiments.train_cli --task 2d --method scratch ...``.
+
+Also runs under ``torchrun --nproc_per_node=N -m gftlib.experiments.train_cli ...`` (DDP; the
+batch size is the global batch). Re-running the same command with the same ``--checkpoint-dir``
+resumes exactly where a killed run stopped; a finished run is not repeated (its final checkpoint
+is loaded and ``--out`` rewritten). A different command on the same directory is refused.
+
+Tasks: ``2d``: ``--n-data`` points of ``gftlib.data.make_2d(--dataset)`` (default "moons"), an
+``MLPVelocity(2, --hidden, --depth)``. ``images``: ``gftlib.data.image_patches(--dataset)``
+(default "natural", train split) at the tiny UNet's 16 x 16 resolution, ``unet_config('tiny')``.
+The data come from ``--data-seed``, the initial weights and the training randomness from ``--seed``.
+
+``--out`` receives ``{"format": "gftlib-weights-v1", "model", "ema", "args", "history"}`` (written
+atomically by rank 0). ``--pretrained`` takes such a file (its EMA weights; a plain state dict
+also works) for the fine-tuning methods; the pretrained network has the same architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gftlib import distributed as D
+from gftlib.io import atomic_torch_save, atomic_write_json
+from gftlib.schedules import SCHEDULES
+from gftlib.train import AMP_MODES, TrainConfig, train
+
+__all__ = ["build_parser", "main", "load_weights", "TASKS"]
+
+TASKS: tuple[str, ...] = ("2d", "images")
+_DEFAULT_DATASET = {"2d": "moons", "images": "natural"}
+WEIGHTS_FORMAT = "gftlib-weights-v1"
+
+
+def _methods() -> tuple[str, ...]:
+    from gftlib.experiments.methods import METHODS
+
+    return METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gftlib.experiments.train_cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--method", choices=_methods(), default="scratch")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks together)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and training randomness")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--dataset", default=None,
+                   help="2d: a DISTRIBUTIONS_2D name; images: an IMAGE_SOURCES name")
+    p.add_argument("--n-data", type=int, default=2048, help="number of target samples")
+    p.add_argument("--hidden", type=int, default=128, help="2d: MLP width")
+    p.add_argument("--depth", type=int, default=3, help="2d: MLP hidden layers")
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--out", default=None, help="final weights (.pt)")
+    p.add_argument("--history", default=None, help="write the training history as JSON here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pretrained", default=None, help="pretrained weights for the fine-tuning methods")
+    p.add_argument("--beta0", type=float, default=4.0)
+    p.add_argument("--schedule", choices=[k for k in SCHEDULES if k != "custom"], default="cosine")
+    p.add_argument("--target-coupling", default="ot", help="target-term coupling of l2-reg / gft-*")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="<= 0 disables clipping")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--amp", choices=AMP_MODES, default="none")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--per-rank-out", action="store_true",
+                   help="debug: every rank writes its final weights to OUT with a .rankR suffix")
+    return p
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """EMA weights of a file written by this CLI (or a plain state dict)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and state.get("format") == WEIGHTS_FORMAT:
+        return state["ema"]
+    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    raise ValueError(f"{str(path)!r} holds neither {WEIGHTS_FORMAT} weights nor a state dict")
+
+
+def _data(args: argparse.Namespace) -> torch.Tensor:
+    from gftlib.data import image_patches, make_2d
+
+    if args.task == "2d":
+        return make_2d(args.dataset, args.n_data, generator=torch.Generator().manual_seed(args.data_seed))
+    return image_patches(args.dataset, size=16, n=args.n_data, split="train", seed=args.data_seed)
+
+
+def _model(args: argparse.Namespace) -> nn.Module:
+    from gftlib.models import build_model
+
+    if args.task == "2d":
+        return build_model("mlp", seed=args.seed, dim=2, hidden=args.hidden, depth=args.depth)
+    return build_model("unet", seed=args.seed, config="tiny")
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _suffixed(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.dataset = args.dataset or _DEFAULT_DATASET[args.task]
+    ctx = D.init_from_env(args.device)
+    try:
+        from gftlib.experiments.methods import build_method
+
+        data = _data(args).to(ctx.device)
+        model = _model(args)
+        pretrained = None
+        if args.pretrained is not None:
+            pretrained = _model(args)
+            pretrained.load_state_dict(load_weights(args.pretrained))
+        spec = build_method(args.method, target_data=data, pretrained_model=pretrained,
+                            batch_size=args.batch_size, steps=args.steps, beta0=args.beta0,
+                            schedule_kind=args.schedule, target_coupling=args.target_coupling,
+                            seed=args.data_seed, device=ctx.device)
+        if spec.init_from_pretrained:
+            model.load_state_dict(pretrained.state_dict())
+        config = TrainConfig(
+            steps=args.steps, lr=args.lr, ema_decay=args.ema_decay,
+            grad_clip=args.grad_clip if args.grad_clip > 0 else None, warmup_steps=args.warmup_steps,
+            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=args.checkpoint_dir, seed=args.seed, device=str(ctx.device), amp=args.amp,
+            compile=args.compile, progress=not args.no_progress,
+        )
+        fingerprint: dict[str, Any] = {
+            key: getattr(args, key) for key in ("task", "method", "batch_size", "data_seed", "dataset",
+                                                "n_data", "hidden", "depth", "beta0", "schedule",
+                                                "target_coupling")
+        }
+        fingerprint["pretrained_sha256"] = _sha256(args.pretrained) if args.pretrained else None
+        result = train(model, spec.objective, config, schedule=spec.schedule, fingerprint=fingerprint)
+        if args.out is not None and (ctx.is_main or args.per_rank_out):
+            out = Path(args.out)
+            payload = {"format": WEIGHTS_FORMAT, "model": result.model.state_dict(),
+                       "ema": result.ema_model.state_dict(), "args": vars(args), "history": result.history}
+            atomic_torch_save(payload, _suffixed(out, ctx.rank) if args.per_rank_out else out)
+        if ctx.is_main:
+            if args.history is not None:
+                atomic_write_json(args.history, result.history)
+            last = result.history[-1] if result.history else {}
+            print(json.dumps({"step": last.get("step"), "loss": last.get("total"),
+                              "resumed_from": result.resumed_from, "out": args.out}), flush=True)
+        D.barrier()
+    finally:
+        D.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
