@@ -134,5 +134,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise ValueError(
                 f"device={device!r} was requested but no CUDA GPU is available; use 'cpu' or 'auto'"
             )
+        index = device.partition(":")[2]
+        if index:
+            count = torch.cuda.device_count()
+            if not index.isdigit() or int(index) >= count:
+                raise ValueError(
+                    f"device={device!r} is not available: only {count} CUDA device(s) are visible "
+                    f"(allowed 'cuda:0' to 'cuda:{count - 1}')"
+                )
         return torch.device(device)
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")

@@ -23,8 +23,9 @@ from typing import Any
 
 from gftlib.experiments.profiles import PROFILES
 from gftlib.io import atomic_write_json
+from gftlib.validation import resolve_device
 
-__all__ = ["NotebookFailed", "declared_parameters", "run_notebook", "main"]
+__all__ = ["NotebookFailed", "check_parameters", "declared_parameters", "run_notebook", "main"]
 
 
 class NotebookFailed(RuntimeError):
@@ -46,6 +47,19 @@ def declared_parameters(notebook: str | os.PathLike[str]) -> dict[str, str]:
                             names[tgt.id] = ast.get_source_segment(src, node.value) or ""
             return names
     raise ValueError(f"{notebook}: no code cell is tagged 'parameters'")
+
+
+def check_parameters(notebook: str | os.PathLike[str], parameters: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` if ``notebook`` is missing or does not declare every name in ``parameters``."""
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise ValueError(f"notebook not found: {notebook}")
+    declared = declared_parameters(notebook)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"{notebook.name}: unknown parameter(s) {unknown}; the parameters cell declares {sorted(declared)}"
+        )
 
 
 def _failing_cell(executed: Path) -> str:
@@ -78,15 +92,10 @@ def run_notebook(
     timeout: int | None = None,
 ) -> Path:
     """Execute one notebook with papermill; return the executed copy's path or raise NotebookFailed."""
-    import papermill as pm
-
     notebook = Path(notebook)
-    declared = declared_parameters(notebook)
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        raise ValueError(
-            f"{notebook.name}: unknown parameter(s) {unknown}; the parameters cell declares {sorted(declared)}"
-        )
+    check_parameters(notebook, parameters)
+    import papermill as pm  # imported only once the parameters are known to be valid (slow import)
+
     out = Path(build_dir) / "notebooks" / notebook.name
     out.parent.mkdir(parents=True, exist_ok=True)
     env_backup = {k: os.environ.get(k) for k in ("GFT_FIGURES_DIR", "GFT_RESULTS_DIR", "MPLBACKEND")}
@@ -135,10 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"--profile must be one of {', '.join(PROFILES)}; got {args.profile!r}")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        parser.error(f"--device: {err}")
     overrides = {name: _parse_value(value) for name, value in args.parameter}
+    params = {"profile": args.profile, "device": args.device, **overrides}
+    try:  # every notebook is checked before the first one runs
+        for nb in args.notebooks:
+            check_parameters(nb, params)
+    except ValueError as err:
+        print(f"[run_notebooks] FAILED: {err}", file=sys.stderr, flush=True)
+        return 1
     timings: dict[str, float] = {}
     for nb in args.notebooks:
-        params = {"profile": args.profile, "device": args.device, **overrides}
         start = time.perf_counter()
         print(f"[run_notebooks] {nb} (profile={args.profile}, device={args.device})", flush=True)
         try:
