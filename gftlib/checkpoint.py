@@ -101,7 +101,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated or foreign file: name it instead of a bare unpickling error
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read (truncated or not a file written by gftlib): {err}"
+        ) from err
     if not isinstance(state, dict) or "format_version" not in state:
         raise ValueError(f"{str(path)!r} is not a gftlib checkpoint (no 'format_version' key)")
     if state["format_version"] != FORMAT_VERSION:

@@ -106,6 +106,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 128,
     n_projections = check_positive_int("n_projections", n_projections)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     d = xs.shape[1]
     theta = torch.randn(n_projections, d, generator=generator, device=generator.device,
                         dtype=torch.float64).cpu()

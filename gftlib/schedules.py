@@ -140,7 +140,9 @@ def make_schedule(kind: str, beta0: float | None, total_steps: int, *, beta_fina
     own = {"exponential": "rate", "step": "n_stages", "custom": "values"}.get(kind)
     for key, val in extras.items():
         if val is not None and key != own:
-            raise ValueError(f"option {key}={val!r} does not apply to schedule kind {kind!r}")
+            raise ValueError(
+                f"option {key}={val!r} does not apply to schedule kind {kind!r} (rate is for 'exponential', "
+                f"n_stages for 'step', values for 'custom'; every kind takes beta_final)")
     if own is not None and extras[own] is None:
         raise ValueError(f"schedule kind {kind!r} needs the option {own}=...")
 

@@ -42,7 +42,8 @@ from gftlib.objectives import (
     ReflowObjective,
     TargetPathRegularizer,
 )
-from gftlib.schedules import CoolingSchedule, make_schedule
+from gftlib.couplings import COUPLINGS
+from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
 from gftlib.validation import (
     check_choice,
     check_finite_number,
@@ -50,6 +51,8 @@ from gftlib.validation import (
     check_tensor,
     resolve_device,
 )
+
+SCHEDULE_OPTIONS: tuple[str, ...] = ("beta_final", "rate", "n_stages", "values")
 
 __all__ = ["METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
 
@@ -152,6 +155,12 @@ def build_method(
             f"interpolant must be a gftlib.interpolants.Interpolant, got {type(interpolant).__name__}")
     if schedule_options is not None and not isinstance(schedule_options, Mapping):
         raise TypeError(f"schedule_options must be a dict or None, got {type(schedule_options).__name__}")
+    unknown_options = sorted(set(schedule_options or {}) - set(SCHEDULE_OPTIONS))
+    if unknown_options:
+        raise ValueError(f"schedule_options has unknown key(s) {unknown_options}; allowed: "
+                         "beta_final, rate (exponential), n_stages (step), values (custom)")
+    check_choice("schedule_kind", schedule_kind, SCHEDULES)  # validated for every method, used by some
+    check_choice("target_coupling", target_coupling, COUPLINGS)
     cache_size = n_items if cache_size is None else check_positive_int("cache_size", cache_size)
     n_trajectories = (min(n_items, 1024) if n_trajectories is None
                       else check_positive_int("n_trajectories", n_trajectories))

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """EMA weights of a file written by this CLI (or a plain state dict)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"--pretrained file not found: {str(path)!r} (expected weights written by train_cli --out, "
+            f"format {WEIGHTS_FORMAT}, or a state dict)")
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and state.get("format") == WEIGHTS_FORMAT:
         return state["ema"]
