@@ -71,25 +71,29 @@ class Interpolant:
         return f"Interpolant(sigma={self.sigma:g}, t_eps={self.t_eps:g})"
 
     # ------------------------------------------------------------------ validation
-    def _check_pair(self, x0: Tensor, x1: Tensor) -> None:
-        check_tensor("x0", x0, min_ndim=2)
-        check_tensor("x1", x1, min_ndim=2)
+    def _check_pair(self, x0: Tensor, x1: Tensor, *, values: bool = True) -> None:
+        check_tensor("x0", x0, min_ndim=2, finite=values)
+        check_tensor("x1", x1, min_ndim=2, finite=values)
         check_same_shape("x0", x0, "x1", x1)
 
-    def _check_t(self, t: float | Tensor, n: int, like: Tensor, *, ends_ok: bool = False) -> Tensor:
+    def _check_t(self, t: float | Tensor, n: int, like: Tensor, *, ends_ok: bool = False,
+                 values: bool = True) -> Tensor:
         """Return t as an (n,) tensor on like's device/dtype after range checks.
 
-        Unless ``ends_ok``, t must avoid 0 and 1 when sigma > 0."""
+        Unless ``ends_ok``, t must avoid 0 and 1 when sigma > 0. ``values=False`` keeps the shape
+        check and skips the value checks (finite, in range), which read t back to the host."""
         if isinstance(t, Tensor):
             if t.ndim == 0:
                 t = t.reshape(1).expand(n)
             if t.shape != (n,):
                 raise ValueError(f"t must be a float or a tensor of shape ({n},), got shape {tuple(t.shape)}")
-            check_tensor("t", t)
+            check_tensor("t", t, finite=values)
             t = t.to(device=like.device, dtype=like.dtype)
         else:
             value = check_finite_number("t", t, minimum=0.0, maximum=1.0)
             t = torch.full((n,), value, device=like.device, dtype=like.dtype)
+        if not values:
+            return t
         lo, hi = float(t.min()), float(t.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"t must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
@@ -170,9 +174,16 @@ class Interpolant:
         return self._drift(x0, x1, t, xt, g)
 
     def sample(self, x0: Tensor, x1: Tensor, *, t: float | Tensor | None = None,
-               generator: torch.Generator | None = None, diffusion: float = 0.0) -> PathSample:
+               generator: torch.Generator | None = None, diffusion: float = 0.0,
+               check_values: bool = True) -> PathSample:
         """Draw t (if None: uniform on [t_eps, 1 - t_eps]) and z from ``generator``; return the path
         point and its target (ODE velocity for diffusion 0, SDE drift otherwise).
+
+        ``check_values=False`` skips the data-dependent checks (x0, x1, t finite; t in range), each of
+        which reads a value back to the host (a device synchronisation on GPUs); shapes, types and
+        parameters are still checked. Meant for tensors the library produced itself (the objectives'
+        hot path validates its data once, where it enters). Times drawn here (t None) are in range
+        by construction and never read back.
 
         A generator is required whenever randomness is used (t is None or sigma > 0). With sigma > 0
         and t_eps = 0, drawn times are clamped to [eps, 1 - eps] (eps of x0's dtype), a measure-zero
@@ -180,8 +191,11 @@ class Interpolant:
         variance still grows like 1 / (t (1 - t)) near the ends, so t_eps ~ 1e-3 is advisable.
         """
         g = self._check_diffusion(diffusion)
-        self._check_pair(x0, x1)
+        if not isinstance(check_values, bool):
+            raise TypeError(f"check_values must be True or False, got {check_values!r}")
+        self._check_pair(x0, x1, values=check_values)
         n = x0.shape[0]
+        drawn = t is None
         if (t is None or self.sigma > 0) and not isinstance(generator, torch.Generator):
             raise TypeError(
                 "sample needs generator=torch.Generator to draw "
@@ -193,7 +207,7 @@ class Interpolant:
             if self.sigma > 0:  # keep a measure-zero draw (or a rounding to 1 in float32) off the ends
                 eps = torch.finfo(x0.dtype).eps
                 t = t.clamp(eps, 1 - eps)
-        t = self._check_t(t, n, x0)
+        t = self._check_t(t, n, x0, values=check_values and not drawn)
         mu = self._mean(x0, x1, t)
         if self.sigma > 0:
             z = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)

@@ -53,7 +53,8 @@ class LossTerms:
     beta: float
 
 
-def _resolve_weight(weight: Tensor | TimeWeight | None, t: Tensor, n: int) -> Tensor | None:
+def _resolve_weight(weight: Tensor | TimeWeight | None, t: Tensor, n: int, values: bool = True
+                    ) -> Tensor | None:
     if weight is None:
         return None
     if callable(weight) and not isinstance(weight, Tensor):
@@ -61,29 +62,34 @@ def _resolve_weight(weight: Tensor | TimeWeight | None, t: Tensor, n: int) -> Te
         name = "weight(t)"
     else:
         name = "weight"
-    check_tensor(name, weight)
+    check_tensor(name, weight, finite=values)
     if weight.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) (one weight per sample), got {tuple(weight.shape)}")
-    if bool((weight < 0).any()):
+    if values and bool((weight < 0).any()):
         raise ValueError(f"{name} must be non-negative, got min {float(weight.min()):g}")
     return weight
 
 
 def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
-                    weight: Tensor | TimeWeight | None = None) -> Tensor:
+                    weight: Tensor | TimeWeight | None = None, *, check_values: bool = True) -> Tensor:
     """mean_i [ w_i * sum_{dims} (model(x, t)_i - target_i)^2 ]  (scalar).
 
     x, target: (n, *shape); t: (n,); weight: None, a (n,) tensor, or a callable w(t) -> (n,).
+    ``check_values=False`` skips the data-dependent checks (x, t, target, weight finite; weight
+    >= 0), which read values back to the host (a device synchronisation on GPUs); shapes and types
+    are still checked. Meant for batches the library drew itself (see gftlib.objectives).
     """
-    check_tensor("x", x, min_ndim=2)
-    check_tensor("target", target)
-    check_tensor("t", t, ndim=1)
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be True or False, got {check_values!r}")
+    check_tensor("x", x, min_ndim=2, finite=check_values)
+    check_tensor("target", target, finite=check_values)
+    check_tensor("t", t, ndim=1, finite=check_values)
     n = x.shape[0]
     if target.shape != x.shape:
         raise ValueError(f"target must have the shape of x {tuple(x.shape)}, got {tuple(target.shape)}")
     if t.shape[0] != n:
         raise ValueError(f"t must have shape ({n},), got {tuple(t.shape)}")
-    w = _resolve_weight(weight, t, n)
+    w = _resolve_weight(weight, t, n, check_values)
     pred = model(x, t)
     if not isinstance(pred, Tensor) or pred.shape != target.shape:
         got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
@@ -94,26 +100,29 @@ def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
     return err.mean()
 
 
-def cfm_loss(model: VelocityField, path: PathSample, weight: Tensor | TimeWeight | None = None) -> Tensor:
+def cfm_loss(model: VelocityField, path: PathSample, weight: Tensor | TimeWeight | None = None, *,
+             check_values: bool = True) -> Tensor:
     """Conditional flow matching loss on a :class:`PathSample`: regression of model(x_t, t) on its target."""
     if not isinstance(path, PathSample):
         raise TypeError(f"path must be a PathSample, got {type(path).__name__}")
-    return regression_loss(model, path.xt, path.t, path.target, weight)
+    return regression_loss(model, path.xt, path.t, path.target, weight, check_values=check_values)
 
 
-def _term(model: VelocityField, batch: PathSample | DriftBatch, weight: TimeWeight | None) -> Tensor:
+def _term(model: VelocityField, batch: PathSample | DriftBatch, weight: TimeWeight | None,
+          check_values: bool) -> Tensor:
     if isinstance(batch, PathSample):
-        return cfm_loss(model, batch, weight)
-    return regression_loss(model, batch.x, batch.t, batch.target, weight)
+        return cfm_loss(model, batch, weight, check_values=check_values)
+    return regression_loss(model, batch.x, batch.t, batch.target, weight, check_values=check_values)
 
 
 def gft_loss(model: VelocityField, target_path: PathSample, beta: float,
              pretrained: PathSample | DriftBatch | None, *, weight: TimeWeight | None = None,
-             normalize: bool = True) -> LossTerms:
+             normalize: bool = True, check_values: bool = True) -> LossTerms:
     """GFT objective at temperature ``beta`` (see module docstring).
 
     ``weight``: None or a callable w(t) -> (n,) applied to both terms (one weighting, as T2 needs).
-    At beta == 0, ``total`` is exactly the CFM loss on ``target_path``.
+    At beta == 0, ``total`` is exactly the CFM loss on ``target_path``. ``check_values``: see
+    :func:`regression_loss` (False in the objectives' training hot path: no host synchronisation).
     """
     b = check_finite_number("beta", beta, minimum=0.0)
     if not isinstance(normalize, bool):
@@ -129,15 +138,15 @@ def gft_loss(model: VelocityField, target_path: PathSample, beta: float,
         )
     if b > 0 and pretrained is None:
         raise ValueError(f"beta={b:g} > 0 needs a pretrained batch (PathSample or DriftBatch), got None")
-    target = cfm_loss(model, target_path, weight)
+    target = cfm_loss(model, target_path, weight, check_values=check_values)
     if pretrained is None:
         return LossTerms(total=target, target=target, pretrained=torch.zeros((), dtype=target.dtype,
                          device=target.device), beta=b)
     if b == 0:
         with torch.no_grad():
-            pre = _term(model, pretrained, weight)
+            pre = _term(model, pretrained, weight, check_values)
         return LossTerms(total=target, target=target, pretrained=pre, beta=b)
-    pre = _term(model, pretrained, weight)
+    pre = _term(model, pretrained, weight, check_values)
     total = target + b * pre
     if normalize:
         total = total / (1.0 + b)

@@ -32,6 +32,7 @@ share noise. With ``world_size == 1`` no fork is made and the trainer's generato
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.couplings import make_coupling
+from gftlib.couplings import CoupledBatch, IndependentCoupling, make_coupling
 from gftlib.interpolants import Interpolant, PathSample
 from gftlib.losses import DriftBatch, LossTerms, gft_loss
 from gftlib.samplers import ODE_METHODS, sample_ode, sample_sde
@@ -135,11 +136,34 @@ def _check_rank(rank: Any, world_size: Any, batch_size: int) -> tuple[int, int]:
 
 
 def _fork_generator(generator: torch.Generator, rank: int) -> torch.Generator:
-    """Per-rank generator: one draw from ``generator`` (same on all ranks) mixed with the rank."""
-    base = int(torch.randint(0, _SEED_MAX, (1,), generator=generator, device=generator.device))
+    """Per-rank generator seeded from a hash of ``generator``'s current state (the same on all ranks)
+    mixed with the rank. ``get_state`` is host-side (a CUDA generator's state is its seed and offset),
+    so forking neither draws from ``generator`` nor synchronises with the device."""
+    digest = hashlib.blake2b(generator.get_state().numpy().tobytes(), digest_size=8).digest()
     local = torch.Generator(device=generator.device)
-    local.manual_seed(_mix_seed(base, rank))
+    local.manual_seed(_mix_seed(int.from_bytes(digest, "little"), rank))
     return local
+
+
+def _to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device``. A CPU -> CUDA copy is staged in pinned memory and does not block the host
+    (a plain ``.to("cuda")`` of pageable memory synchronises the stream)."""
+    if x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _couple(coupling: Any, x0: Tensor, x1: Tensor, generator: torch.Generator) -> CoupledBatch:
+    """``coupling(x0, x1, generator=generator)``. The built-in independent coupling is applied
+    without its input value checks (the objective's batches are finite by construction and the
+    checks would synchronise a GPU every step); the result is identical."""
+    if type(coupling) is IndependentCoupling:
+        perm = torch.randperm(x0.shape[0], generator=generator, device=generator.device)
+        perm = _to_device(perm, x1.device)
+        return CoupledBatch(x0=x0, x1=x1[perm], index=perm)
+    return coupling(x0, x1, generator=generator)
 
 
 def _model_device(model: Any, fallback: torch.device) -> torch.device:
@@ -196,6 +220,35 @@ def _check_diffusion(diffusion: Any, interpolant: Interpolant | None) -> float:
             f"diffusion={g:g} > 0 needs a stochastic interpolant (sigma > 0), got {interpolant!r}"
         )
     return g
+
+
+def _check_time_weight(time_weight: Any, interpolant: Interpolant, like: Tensor) -> None:
+    """Validate w(t) once, where it enters: on 64 midpoint times of [t_eps, 1 - t_eps] it must return
+    64 finite non-negative weights (the training hot path does not re-check the values)."""
+    if not callable(time_weight):
+        raise TypeError(f"time_weight must be None or a callable w(t), got {type(time_weight).__name__}")
+    n = 64
+    eps = interpolant.t_eps
+    probe = eps + (1 - 2 * eps) * (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    w = time_weight(probe.to(device=like.device, dtype=like.dtype))
+    check_tensor("time_weight(t)", w)
+    if w.shape != (n,):
+        raise ValueError(
+            f"time_weight(t) must return one weight per time, shape ({n},) for t of shape ({n},), got "
+            f"{tuple(w.shape)}")
+    if bool((w < 0).any()):
+        raise ValueError(
+            f"time_weight(t) must be non-negative, got min {float(w.min()):g} on [t_eps, 1 - t_eps]")
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The first draws of a batch (data, noise, times, per-rank generator), before the coupling."""
+
+    x0: Tensor
+    x1: Tensor
+    t: Tensor
+    local: torch.Generator
 
 
 def _draw_times(u: Tensor, interpolant: Interpolant, dtype: torch.dtype) -> Tensor:
@@ -356,8 +409,8 @@ class FlowMatchingObjective:
                     f"diffusion ({self.diffusion:g}): both processes must share g (THEORY, T2)"
                 )
         self.pretrained = pretrained
-        if time_weight is not None and not callable(time_weight):
-            raise TypeError(f"time_weight must be None or a callable w(t), got {type(time_weight).__name__}")
+        if time_weight is not None:
+            _check_time_weight(time_weight, interpolant, target_data)
         self.time_weight = time_weight
         self.normalize = bool(normalize)
 
@@ -370,35 +423,54 @@ class FlowMatchingObjective:
                      device: torch.device | str | None = None) -> ObjectiveBatch:
         """Draw one batch (advances the data order and ``generator``) on ``device`` (default: the
         target data's device)."""
+        beta, generator, device = self._check_draw(beta, generator, device)
+        head = self._draw_head(generator, device)
+        pair = _couple(self.coupling, head.x0, head.x1, head.local)
+        return self._finish(head, pair, beta, device)
+
+    # The three stages of sample_batch, also used by gftlib.prefetch.PrefetchingObjective (which
+    # draws the next batch's head early and solves its coupling in a background thread).
+    def _check_draw(self, beta: Any, generator: Any, device: Any
+                    ) -> tuple[float, torch.Generator, torch.device]:
         beta = check_finite_number("beta", beta, minimum=0.0)
         generator = _check_generator(generator)
         if beta > 0 and self.pretrained is None:
             raise ValueError(f"beta={beta:g} > 0 needs a pretrained term; this objective has pretrained=None")
         device = self.target_data.device if device is None else torch.device(device)
+        return beta, generator, device
+
+    def _draw_head(self, generator: torch.Generator, device: torch.device) -> _Head:
+        """Data indices, x0 and t (and the per-rank generator): every draw before the coupling."""
         data = self.target_data
         shape, dtype = tuple(data.shape[1:]), data.dtype
         sampler = self.sampler
         idx = sampler.next_indices()
-        x1 = data[idx.to(data.device)].to(device)
+        x1 = _to_device(data[_to_device(idx, data.device)], device)
         gdev = generator.device
         x0_all = torch.randn((sampler.batch_size, *shape), generator=generator, device=gdev, dtype=dtype)
         u_all = torch.rand(sampler.batch_size, generator=generator, device=gdev, dtype=torch.float64)
         sl = sampler.local_slice
-        x0 = x0_all[sl].to(device)
-        t = _draw_times(u_all[sl], self.interpolant, dtype).to(device)
+        x0 = _to_device(x0_all[sl], device)
+        t = _to_device(_draw_times(u_all[sl], self.interpolant, dtype), device)
         local = generator if sampler.world_size == 1 else _fork_generator(generator, sampler.rank)
-        pair = self.coupling(x0, x1, generator=local)
-        path = self.interpolant.sample(pair.x0, pair.x1, t=t, generator=local, diffusion=self.diffusion)
+        return _Head(x0=x0, x1=x1, t=t, local=local)
+
+    def _finish(self, head: _Head, pair: CoupledBatch, beta: float, device: torch.device) -> ObjectiveBatch:
+        """Path noise and target for the coupled pairs, then the pretrained batch (beta > 0)."""
+        # Everything here was produced by the library from validated data: no value checks (each
+        # would be a host-device synchronisation on a GPU), shapes are still checked.
+        path = self.interpolant.sample(pair.x0, pair.x1, t=head.t, generator=head.local,
+                                       diffusion=self.diffusion, check_values=False)
         pre = None
         if beta > 0:
-            pre = _move(self.pretrained.batch(x0.shape[0], local, target_path=path), device)
+            pre = _move(self.pretrained.batch(head.x0.shape[0], head.local, target_path=path), device)
         return ObjectiveBatch(target=path, pretrained=pre)
 
     def loss(self, model: nn.Module, beta: float, generator: torch.Generator) -> LossTerms:
         """Loss terms of one fresh batch at temperature ``beta`` (see :func:`gftlib.losses.gft_loss`)."""
         batch = self.sample_batch(beta, generator, device=_model_device(model, self.target_data.device))
         return gft_loss(model, batch.target, float(beta), batch.pretrained,
-                        weight=self.time_weight, normalize=self.normalize)
+                        weight=self.time_weight, normalize=self.normalize, check_values=False)
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
@@ -410,6 +482,10 @@ class FlowMatchingObjective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "sampler" not in state:
             raise ValueError("FlowMatchingObjective state is missing key 'sampler'")
+        if state.get("prefetch") is not None:
+            raise ValueError(
+                "cannot resume: this state was written by gftlib.prefetch.PrefetchingObjective with the next "
+                "batch already drawn; resume with PrefetchingObjective(objective) to continue exactly")
         self.sampler.load_state_dict(state["sampler"])
         saved = state.get("pretrained")
         if (saved is None) != (self.pretrained is None):
@@ -438,8 +514,9 @@ class ReflowObjective:
             raise TypeError(f"cache must be a PretrainedCouplingCache, got {type(cache).__name__}")
         self.cache = cache
         self.batch_size = check_positive_int("batch_size", batch_size)
-        if time_weight is not None and not callable(time_weight):
-            raise TypeError(f"time_weight must be None or a callable w(t), got {type(time_weight).__name__}")
+        if time_weight is not None:
+            _check_time_weight(time_weight, cache.interpolant,
+                               torch.empty(0, dtype=cache.dtype, device=cache.device))
         self.time_weight = time_weight
         self.diffusion = cache.diffusion
         self.rank, self.world_size = 0, 1
@@ -461,7 +538,8 @@ class ReflowObjective:
 
     def loss(self, model: nn.Module, beta: float, generator: torch.Generator) -> LossTerms:
         batch = self.sample_batch(beta, generator, device=_model_device(model, self.cache.device))
-        return gft_loss(model, batch.target, 0.0, None, weight=self.time_weight, normalize=True)
+        return gft_loss(model, batch.target, 0.0, None, weight=self.time_weight, normalize=True,
+                        check_values=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"cache": self.cache.state_dict()}
@@ -629,6 +707,8 @@ class PretrainedCouplingCache(_PretrainedCache):
                 outs.append(res.x)
         self._x0 = x0.to(self.device)
         self._x1 = torch.cat(outs)  # cat outside inference mode: a normal tensor
+        # validated once per build; batches drawn from the cache are not re-checked
+        check_tensor("the pretrained sampler's output (coupling cache x1)", self._x1)
 
     def _fingerprint(self) -> tuple[float, ...]:
         return (_norm64(self._x1), _norm64(self._x1 - self._x0))
@@ -647,7 +727,7 @@ class PretrainedCouplingCache(_PretrainedCache):
         idx = torch.randint(self.size, (batch_size,), generator=generator, device=generator.device)
         idx = idx.to(self.device)
         path = self.interpolant.sample(self._x0[idx], self._x1[idx], generator=generator,
-                                       diffusion=self.diffusion)
+                                       diffusion=self.diffusion, check_values=False)
         self._tick()
         return path
 
@@ -749,6 +829,9 @@ class PretrainedDriftCache(_PretrainedCache):
                     tt = torch.full((x.shape[0],), tk, dtype=self.dtype, device=self.device)
                     xs[k, start:stop] = x
                     bs[k, start:stop] = self.field(x, tt)
+        # validated once per build; batches drawn from the cache are not re-checked
+        check_tensor("the pretrained trajectories (drift cache x)", xs)
+        check_tensor("the pretrained drift (drift cache b_pre(x, t))", bs)
         # xs, bs were allocated outside inference mode (normal tensors), so views are fine for autograd
         self._x = xs.reshape(n_times * self.n_trajectories, *self.shape)
         self._b = bs.reshape(n_times * self.n_trajectories, *self.shape)

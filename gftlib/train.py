@@ -55,6 +55,8 @@ from gftlib.checkpoint import (
     remove_stale_temporary_files,
     save_checkpoint,
 )
+from gftlib.fastpath import ChannelsLastInput
+from gftlib.models import to_fast_layout
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "AMP_MODES", "RESULT_FIELDS"]
@@ -86,6 +88,10 @@ class TrainConfig:
     steps (and at the end) into ``checkpoint_dir`` keeping the newest ``keep_checkpoints``.
     ``device``: "auto" | "cpu" | "cuda" | "cuda:N". ``amp``: "none" | "bf16" (forward under bf16
     autocast; loss, gradients, optimizer state and EMA in fp32). ``compile``: torch.compile the model.
+    ``channels_last``: convert the model's 4-D weights to channels_last
+    (:func:`gftlib.models.to_fast_layout`) and feed it channels_last 4-D inputs (faster convolutions
+    on GPUs, mostly with bf16; a layout choice like ``device``, so not a resume-relevant setting).
+    :func:`gftlib.fastpath.fast_settings` gives the recommended ``amp``/``channels_last``/``compile``.
     """
 
     steps: int
@@ -105,6 +111,7 @@ class TrainConfig:
     amp: str = "none"
     compile: bool = False
     progress: bool = True
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -139,7 +146,7 @@ class TrainConfig:
         resolve_device(self.device)
         put("device", str(self.device))
         check_choice("amp", self.amp, AMP_MODES)
-        for name in ("ema_warmup", "compile", "progress"):
+        for name in ("ema_warmup", "compile", "progress", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -264,6 +271,16 @@ def _optimizer_impl(device: torch.device) -> dict[str, bool]:
     return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer state tensors their parameter's memory layout (a checkpoint written
+    with another ``channels_last`` setting), so foreach/fused kernels see matching strides."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if (isinstance(value, Tensor) and value.shape == param.shape and value.dim() > 1
+                    and value.stride() != param.stride()):
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
     if clip is not None:
         return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
@@ -346,6 +363,8 @@ def train(
     fp = _fingerprint(config, world, betas, fingerprint)
 
     module = model.to(device)
+    if config.channels_last:
+        to_fast_layout(module)  # before the EMA copy, the optimizer and DDP see the parameters
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -375,6 +394,7 @@ def train(
             for group in opt_state["param_groups"]:  # the implementation follows this run's device
                 group["fused"], group["foreach"] = impl.get("fused", False), impl.get("foreach", False)
             optimizer.load_state_dict(opt_state)
+            _match_state_layout(optimizer)
             generator.set_state(state["generator"])
             _set_global_rng_state(state["rng"][rank])
             objective.load_state_dict(state["objective"][rank])
@@ -384,6 +404,8 @@ def train(
         D.barrier()  # nobody prunes the file before every rank has read it
 
     net: nn.Module = D.wrap_model(module, device)
+    if config.channels_last:
+        net = ChannelsLastInput(net)
     if config.compile:
         net = torch.compile(net)
     amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.amp == "bf16"
