@@ -54,6 +54,7 @@ def test_verdict_rule() -> None:
     assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "lower") == "reproduced"
     assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "higher") == "not reproduced"
     assert verdict([1.0, 1.5, 0.5], [1.2, 1.4, 1.0], "lower") == "inconclusive"
+    assert verdict([1.0], [2.0], "lower") == "inconclusive"  # a single seed has no spread
     with pytest.raises(ValueError, match="better must be one of"):
         verdict([1.0], [2.0], "smaller")
 

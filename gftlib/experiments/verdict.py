@@ -1,7 +1,7 @@
 """Verdicts for the paper's empirical claims: compare GFT with standard fine-tuning over seeds.
 
 A claim is *reproduced* when GFT is better and the mean ± std intervals over seeds do not overlap,
-*not reproduced* when FT is better with non-overlapping intervals, and *inconclusive* otherwise.
+*not reproduced* when FT is better with non-overlapping intervals, and *inconclusive* otherwise, and always with fewer than two seeds per method.
 The rule is fixed in advance; it is never tuned to a result.
 """
 
@@ -31,6 +31,8 @@ def verdict(gft: Sequence[float], ft: Sequence[float], better: str) -> str:
     """``"reproduced" | "not reproduced" | "inconclusive"`` for per-seed values of one metric."""
     check_choice("better", better, ("lower", "higher"))
     (mg, sg), (mf, sf) = _stats(gft), _stats(ft)
+    if len(gft) < 2 or len(ft) < 2:
+        return "inconclusive"  # one seed gives no spread: no interval to compare
     overlap = (mg - sg) <= (mf + sf) and (mf - sf) <= (mg + sg)
     if overlap:
         return "inconclusive"
