@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.couplings import CoupledBatch, IndependentCoupling, make_coupling
+from gftlib.couplings import CoupledBatch, ExactOTCoupling, IndependentCoupling, SinkhornCoupling, make_coupling
 from gftlib.interpolants import Interpolant, PathSample
 from gftlib.losses import DriftBatch, LossTerms, gft_loss
 from gftlib.samplers import ODE_METHODS, sample_ode, sample_sde
@@ -395,6 +395,7 @@ class FlowMatchingObjective:
         if not callable(self.coupling):
             raise TypeError(
                 f"coupling must be a coupling name or a callable coupling, got {type(coupling).__name__}")
+        self._check_pairing_batch(self.batch_size)
         self.diffusion = _check_diffusion(diffusion, interpolant)
         if pretrained is not None:
             if not isinstance(pretrained, PretrainedTerm):
@@ -417,6 +418,14 @@ class FlowMatchingObjective:
     # -- DDP
     def set_rank(self, rank: int, world_size: int) -> None:
         self.sampler.set_rank(rank, world_size)
+        self._check_pairing_batch(self.batch_size // int(world_size))
+
+    def _check_pairing_batch(self, local_batch: int) -> None:
+        """Minibatch OT / Sinkhorn pair points within a batch: each rank needs at least two."""
+        if isinstance(self.coupling, (ExactOTCoupling, SinkhornCoupling)) and local_batch < 2:
+            raise ValueError(
+                f"batch_size must be >= 2 per rank for coupling {type(self.coupling).__name__} "
+                f"(minibatch OT pairs points within a batch), got batch_size={local_batch}")
 
     # -- drawing
     def sample_batch(self, beta: float, generator: torch.Generator, *,
