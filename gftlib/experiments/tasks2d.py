@@ -116,8 +116,8 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "eval_method": "rk4", "eval_steps": 8, "lr": 2e-3, "n_evals": 10, "cache_size": 1024,
               "n_trajectories": 512, "dopri_fractions": (0.0, 0.5, 1.0), "n_repeats": 20},
     "paper": {"hidden": 256, "depth": 3, "time_features": 32, "n_source": 16384, "pretrain_steps": 20000,
-              "pretrain_batch": 512, "n_target_pool": 8192, "n_heldout": 2048, "n_eval": 2048,
-              "eval_method": "rk4", "eval_steps": 32, "lr": 1e-3, "n_evals": 40, "cache_size": 4096,
+              "pretrain_batch": 512, "n_target_pool": 8192, "n_heldout": 1024, "n_eval": 1024,
+              "eval_method": "rk4", "eval_steps": 16, "lr": 1e-3, "n_evals": 20, "cache_size": 4096,
               "n_trajectories": 1024, "dopri_fractions": (0.0, 0.25, 0.5, 0.75, 1.0), "n_repeats": 30},
 }
 
