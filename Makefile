@@ -18,6 +18,10 @@ STEMS       := $(notdir $(basename $(NOTEBOOKS)))
 RESULTS     := $(patsubst %,results/%.json,$(STEMS))
 LIB_SOURCES := $(shell find gftlib -name '*.py' 2>/dev/null)
 
+# One intra-op thread: the committed figures were made so (small models run faster single-threaded on
+# 2 cores, and results are bitwise reproducible only at a fixed thread count). Override on big machines.
+OMP_NUM_THREADS ?= 1
+export OMP_NUM_THREADS
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
