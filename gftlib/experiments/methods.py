@@ -26,7 +26,7 @@ whether the trained network starts from the pretrained weights is ``MethodSpec.i
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ from gftlib.validation import (
 
 SCHEDULE_OPTIONS: tuple[str, ...] = ("beta_final", "rate", "n_stages", "values")
 
-__all__ = ["METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+__all__ = ["check_methods", "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
 
 METHODS: tuple[str, ...] = ("scratch", "ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling", "reflow")
 
@@ -204,3 +204,15 @@ def build_method(
 
     return MethodSpec(name=name, objective=objective, init_from_pretrained=name != "scratch",
                       schedule=schedule, description=METHOD_DESCRIPTIONS[name])
+
+
+def check_methods(methods: Any) -> tuple[str, ...]:
+    """Validate a notebook's ``methods`` list: non-empty, names from :data:`METHODS`, no repeats."""
+    if isinstance(methods, str) or not isinstance(methods, Iterable):
+        raise TypeError(f"methods must be a list of method names from {METHODS}, got {methods!r}")
+    methods = tuple(check_choice("methods[]", m, METHODS) for m in methods)
+    if not methods:
+        raise ValueError(f"methods must name at least one of {METHODS}, got []")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods must not repeat a name, got {list(methods)}")
+    return methods

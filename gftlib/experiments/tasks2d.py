@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from gftlib.data import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
-from gftlib.experiments.methods import METHODS, build_method
+from gftlib.experiments.methods import METHODS, build_method, check_methods
 from gftlib.experiments.profiles import PROFILES
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
@@ -354,14 +354,7 @@ def resolve_setup(params: Mapping[str, Any]) -> TaskSetup:
     profile = check_choice("profile", params["profile"], PROFILES)
     s = PROFILE_SETTINGS[profile]
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
-    methods = params["methods"]
-    if isinstance(methods, str) or not isinstance(methods, Iterable):
-        raise TypeError(f"methods must be a list of method names from {METHODS}, got {methods!r}")
-    methods = tuple(check_choice("methods[]", m, METHODS) for m in methods)
-    if not methods:
-        raise ValueError(f"methods must name at least one of {METHODS}, got []")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"methods must not repeat a name, got {list(methods)}")
+    methods = check_methods(params["methods"])
     task = Task2D(source=params["source"], target=params["target"], n_target=params["n_target"],
                   n_target_pool=s["n_target_pool"],
                   n_heldout=s["n_heldout"], n_eval=s["n_eval"], n_source=s["n_source"], seed=params["seed"],

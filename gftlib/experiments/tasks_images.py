@@ -48,7 +48,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from gftlib.data import image_patches, load_image_dataset
 from gftlib.experiments.cache import cached_torch
-from gftlib.experiments.methods import METHODS, build_method
+from gftlib.experiments.methods import METHODS, build_method, check_methods
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks2d import FinetuneConfig
 from gftlib.features import (
@@ -506,14 +506,7 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
     profile = check_choice("profile", params["profile"], PROFILES)
     s = PROFILE_SETTINGS[profile]
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
-    methods = params["methods"]
-    if isinstance(methods, str) or not isinstance(methods, Iterable):
-        raise TypeError(f"methods must be a list of method names from {METHODS}, got {methods!r}")
-    methods = tuple(check_choice("methods[]", m, METHODS) for m in methods)
-    if not methods:
-        raise ValueError(f"methods must name at least one of {METHODS}, got []")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"methods must not repeat a name, got {list(methods)}")
+    methods = check_methods(params["methods"])
     device = resolve_device(params["device"])
     image_size = check_positive_int("image_size", params["image_size"], minimum=4)
     nfe = check_positive_int("nfe", params["nfe"])
