@@ -12,13 +12,7 @@ from gftlib.interpolants import Interpolant, PathSample
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The shared 2-core machine is faster without intra-op threads; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _gen(seed: int) -> torch.Generator:
