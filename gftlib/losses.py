@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,6 +71,37 @@ def _resolve_weight(weight: Tensor | TimeWeight | None, t: Tensor, n: int, value
     return weight
 
 
+def _checked_inputs(x: Tensor, t: Tensor, target: Tensor, weight: Tensor | TimeWeight | None,
+                    check_values: bool) -> Tensor | None:
+    """Validate one regression batch; returns the resolved (n,) weight or None."""
+    check_tensor("x", x, min_ndim=2, finite=check_values)
+    check_tensor("target", target, finite=check_values)
+    check_tensor("t", t, ndim=1, finite=check_values)
+    n = x.shape[0]
+    if target.shape != x.shape:
+        raise ValueError(f"target must have the shape of x {tuple(x.shape)}, got {tuple(target.shape)}")
+    if t.shape[0] != n:
+        raise ValueError(f"t must have shape ({n},), got {tuple(t.shape)}")
+    return _resolve_weight(weight, t, n, check_values)
+
+
+def _check_output(pred: Any, target: Tensor, x: Tensor) -> None:
+    if not isinstance(pred, Tensor) or pred.shape != target.shape:
+        got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+        raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {got}")
+
+
+def _weighted_errors(pred: Tensor, target: Tensor, w: Tensor | None) -> Tensor:
+    """(n,) per-sample w_i * sum_{dims} (pred_i - target_i)^2."""
+    err = (pred - target).pow(2).reshape(pred.shape[0], -1).sum(dim=1)
+    return err if w is None else err * w.to(err.dtype)
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
                     weight: Tensor | TimeWeight | None = None, *, check_values: bool = True) -> Tensor:
     """mean_i [ w_i * sum_{dims} (model(x, t)_i - target_i)^2 ]  (scalar).
@@ -79,25 +111,11 @@ def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
     >= 0), which read values back to the host (a device synchronisation on GPUs); shapes and types
     are still checked. Meant for batches the library drew itself (see gftlib.objectives).
     """
-    if not isinstance(check_values, bool):
-        raise TypeError(f"check_values must be True or False, got {check_values!r}")
-    check_tensor("x", x, min_ndim=2, finite=check_values)
-    check_tensor("target", target, finite=check_values)
-    check_tensor("t", t, ndim=1, finite=check_values)
-    n = x.shape[0]
-    if target.shape != x.shape:
-        raise ValueError(f"target must have the shape of x {tuple(x.shape)}, got {tuple(target.shape)}")
-    if t.shape[0] != n:
-        raise ValueError(f"t must have shape ({n},), got {tuple(t.shape)}")
-    w = _resolve_weight(weight, t, n, check_values)
+    _check_flag("check_values", check_values)
+    w = _checked_inputs(x, t, target, weight, check_values)
     pred = model(x, t)
-    if not isinstance(pred, Tensor) or pred.shape != target.shape:
-        got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
-        raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {got}")
-    err = (pred - target).pow(2).reshape(n, -1).sum(dim=1)
-    if w is not None:
-        err = err * w.to(err.dtype)
-    return err.mean()
+    _check_output(pred, target, x)
+    return _weighted_errors(pred, target, w).mean()
 
 
 def cfm_loss(model: VelocityField, path: PathSample, weight: Tensor | TimeWeight | None = None, *,
@@ -108,25 +126,56 @@ def cfm_loss(model: VelocityField, path: PathSample, weight: Tensor | TimeWeight
     return regression_loss(model, path.xt, path.t, path.target, weight, check_values=check_values)
 
 
+def _inputs(batch: PathSample | DriftBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """(x, t, regression target) of a pretrained-term batch."""
+    if isinstance(batch, PathSample):
+        return batch.xt, batch.t, batch.target
+    return batch.x, batch.t, batch.target
+
+
 def _term(model: VelocityField, batch: PathSample | DriftBatch, weight: TimeWeight | None,
           check_values: bool) -> Tensor:
-    if isinstance(batch, PathSample):
-        return cfm_loss(model, batch, weight, check_values=check_values)
-    return regression_loss(model, batch.x, batch.t, batch.target, weight, check_values=check_values)
+    return regression_loss(model, *_inputs(batch), weight, check_values=check_values)
+
+
+def _fusable(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor]) -> bool:
+    """Both batches can go through one forward pass: same sample shape, dtypes and devices."""
+    return all(u.shape[1:] == v.shape[1:] and u.dtype == v.dtype and u.device == v.device
+               for u, v in zip(a, b))
+
+
+def _fused_terms(model: VelocityField, first: tuple[Tensor, Tensor, Tensor],
+                 second: tuple[Tensor, Tensor, Tensor], weight: TimeWeight | None,
+                 check_values: bool) -> tuple[Tensor, Tensor]:
+    """The two regression losses from one forward pass on the concatenated batch."""
+    w1 = _checked_inputs(*first, weight, check_values)
+    w2 = _checked_inputs(*second, weight, check_values)
+    n = first[0].shape[0]
+    x, t, target = (torch.cat([u, v]) for u, v in zip(first, second))
+    pred = model(x, t)
+    _check_output(pred, target, x)
+    e1 = _weighted_errors(pred[:n], target[:n], w1)
+    e2 = _weighted_errors(pred[n:], target[n:], w2)
+    return e1.mean(), e2.mean()
 
 
 def gft_loss(model: VelocityField, target_path: PathSample, beta: float,
              pretrained: PathSample | DriftBatch | None, *, weight: TimeWeight | None = None,
-             normalize: bool = True, check_values: bool = True) -> LossTerms:
+             normalize: bool = True, check_values: bool = True, fused: bool = True) -> LossTerms:
     """GFT objective at temperature ``beta`` (see module docstring).
 
     ``weight``: None or a callable w(t) -> (n,) applied to both terms (one weighting, as T2 needs).
     At beta == 0, ``total`` is exactly the CFM loss on ``target_path``. ``check_values``: see
     :func:`regression_loss` (False in the objectives' training hot path: no host synchronisation).
+    ``fused`` (default True): when beta > 0 and both batches have the same sample shape, dtype and
+    device, evaluate the model once on the concatenated (n_target + n_pretrained) batch instead of
+    twice; the two terms are the same per-sample sums (up to floating-point reassociation inside the
+    network), and one larger batch uses a GPU better. Set False for a network whose output for one
+    sample depends on the rest of the batch (e.g. BatchNorm in training mode).
     """
     b = check_finite_number("beta", beta, minimum=0.0)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool, got {normalize!r}")
+    _check_flag("normalize", normalize)
+    _check_flag("fused", fused)
     if weight is not None and (isinstance(weight, Tensor) or not callable(weight)):
         raise TypeError(
             "weight for gft_loss must be a callable w(t) -> (n,) so that both terms use the same time "
@@ -138,15 +187,20 @@ def gft_loss(model: VelocityField, target_path: PathSample, beta: float,
         )
     if b > 0 and pretrained is None:
         raise ValueError(f"beta={b:g} > 0 needs a pretrained batch (PathSample or DriftBatch), got None")
-    target = cfm_loss(model, target_path, weight, check_values=check_values)
-    if pretrained is None:
-        return LossTerms(total=target, target=target, pretrained=torch.zeros((), dtype=target.dtype,
-                         device=target.device), beta=b)
-    if b == 0:
-        with torch.no_grad():
-            pre = _term(model, pretrained, weight, check_values)
-        return LossTerms(total=target, target=target, pretrained=pre, beta=b)
-    pre = _term(model, pretrained, weight, check_values)
+    if not isinstance(target_path, PathSample):
+        raise TypeError(f"path must be a PathSample, got {type(target_path).__name__}")
+    if b > 0 and fused and _fusable(_inputs(target_path), _inputs(pretrained)):
+        target, pre = _fused_terms(model, _inputs(target_path), _inputs(pretrained), weight, check_values)
+    else:
+        target = cfm_loss(model, target_path, weight, check_values=check_values)
+        if pretrained is None:
+            return LossTerms(total=target, target=target, pretrained=torch.zeros((), dtype=target.dtype,
+                             device=target.device), beta=b)
+        if b == 0:
+            with torch.no_grad():
+                pre = _term(model, pretrained, weight, check_values)
+            return LossTerms(total=target, target=target, pretrained=pre, beta=b)
+        pre = _term(model, pretrained, weight, check_values)
     total = target + b * pre
     if normalize:
         total = total / (1.0 + b)

@@ -359,6 +359,8 @@ class FlowMatchingObjective:
     term's conditional drift (0: ODE velocity; > 0 needs sigma > 0); a pretrained term with a
     ``diffusion`` attribute must use the same g (THEORY T2). ``time_weight``: w(t) passed to
     :func:`gftlib.losses.gft_loss` for both terms. ``seed``: the data order's seed.
+    ``fused_forward``: evaluate both terms in one forward pass (``gft_loss(fused=True)``); set False
+    for a network with batch-dependent layers (BatchNorm in training mode).
 
     Draw order per call (documented so that tests can replay it): data indices (own sampler);
     x0 = randn(B, *shape), then u = rand(B) in float64 from ``generator`` on its device (t = t_eps +
@@ -378,6 +380,7 @@ class FlowMatchingObjective:
         time_weight: Callable[[Tensor], Tensor] | None = None,
         normalize: bool = True,
         seed: int = 0,
+        fused_forward: bool = True,
     ) -> None:
         check_tensor("target_data", target_data, min_ndim=2)
         if not target_data.is_floating_point():
@@ -414,6 +417,9 @@ class FlowMatchingObjective:
             _check_time_weight(time_weight, interpolant, target_data)
         self.time_weight = time_weight
         self.normalize = bool(normalize)
+        if not isinstance(fused_forward, bool):
+            raise TypeError(f"fused_forward must be True or False, got {fused_forward!r}")
+        self.fused_forward = fused_forward
 
     # -- DDP
     def set_rank(self, rank: int, world_size: int) -> None:
@@ -479,7 +485,8 @@ class FlowMatchingObjective:
         """Loss terms of one fresh batch at temperature ``beta`` (see :func:`gftlib.losses.gft_loss`)."""
         batch = self.sample_batch(beta, generator, device=_model_device(model, self.target_data.device))
         return gft_loss(model, batch.target, float(beta), batch.pretrained,
-                        weight=self.time_weight, normalize=self.normalize, check_values=False)
+                        weight=self.time_weight, normalize=self.normalize, check_values=False,
+                        fused=self.fused_forward)
 
     # -- state
     def state_dict(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ Errors raised while solving batch k+1's coupling (e.g. NaN data) surface at step
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -128,6 +129,9 @@ class PrefetchingObjective:
         self._pending: _Pending | None = None
         self._replay: dict[str, Any] | None = None
         self.background_solves = 0
+        #: seconds the training thread waited for each background solve (the coupling's cost left
+        #: on the critical path; ~0 when the solve is faster than the model's step)
+        self.wait_seconds: list[float] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -145,7 +149,7 @@ class PrefetchingObjective:
         obj = self.objective
         batch = self.sample_batch(beta, generator, device=_model_device(model, obj.target_data.device))
         return gft_loss(model, batch.target, float(beta), batch.pretrained, weight=obj.time_weight,
-                        normalize=obj.normalize, check_values=False)
+                        normalize=obj.normalize, check_values=False, fused=obj.fused_forward)
 
     def sample_batch(self, beta: float, generator: torch.Generator, *,
                      device: torch.device | str | None = None) -> ObjectiveBatch:
@@ -257,6 +261,8 @@ class PrefetchingObjective:
         head = pending.head
         if pending.job is None:
             return _couple(self.objective.coupling, head.x0, head.x1, head.local)
+        start = time.perf_counter()
         result = pending.job.result()
+        self.wait_seconds.append(time.perf_counter() - start)
         self.background_solves += 1
         return _finish_pair(self._kind, result, head)

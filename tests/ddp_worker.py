@@ -2,8 +2,10 @@
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT set; CPU, gloo). Usage: ddp_worker.py OUT_PREFIX CKPT_DIR.
 
 Runs (A) an uninterrupted DDP training of the toy objective and (B) the same run crashing at step 6
-on every rank after a checkpoint at step 4, then resumed in the same process group. Every rank
-writes OUT_PREFIX.{A,B}.rank{R}.pt with the final model, EMA and history.
+on every rank after a checkpoint at step 4, then resumed in the same process group; (C) image CFM
+with the library's own pieces: :class:`gftlib.objectives.FlowMatchingObjective` on a tiny UNet
+(rows-as-drawn pairing, see train_helpers.rows_as_drawn). Every rank writes
+OUT_PREFIX.{A,B,C}.rank{R}.pt with the final model, EMA and history.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_helpers import TinyMLP, ToyObjective, toy_data  # noqa: E402
+from train_helpers import TinyMLP, ToyObjective, rows_as_drawn, tiny_images, toy_data  # noqa: E402
 
 from gftlib import distributed as D  # noqa: E402
+from gftlib.models import build_model  # noqa: E402
+from gftlib.objectives import FlowMatchingObjective  # noqa: E402
 from gftlib.schedules import make_schedule  # noqa: E402
 from gftlib.train import TrainConfig, train  # noqa: E402
 
@@ -32,6 +36,19 @@ def make_model() -> TinyMLP:
 def config(**kw) -> TrainConfig:
     return TrainConfig(steps=STEPS, lr=1e-2, grad_clip=0.5, warmup_steps=2, log_every=4, device="cpu",
                        progress=False, seed=7, **kw)
+
+
+def make_unet() -> torch.nn.Module:
+    return build_model("unet", config="tiny", image_size=8, seed=0)
+
+
+def image_objective() -> FlowMatchingObjective:
+    return FlowMatchingObjective(tiny_images(), batch_size=16, coupling=rows_as_drawn, seed=0)
+
+
+def image_config() -> TrainConfig:
+    return TrainConfig(steps=4, lr=1e-3, grad_clip=1.0, ema_decay=0.9, log_every=2, device="cpu",
+                       progress=False, seed=11)
 
 
 def main() -> None:
@@ -56,6 +73,9 @@ def main() -> None:
     assert b.resumed_from == 4, b.resumed_from
     torch.save({"model": b.model.state_dict(), "ema": b.ema_model.state_dict(), "history": b.history},
                f"{prefix}.B.rank{ctx.rank}.pt")
+    c = train(make_unet(), image_objective(), image_config())
+    torch.save({"model": c.model.state_dict(), "ema": c.ema_model.state_dict(), "history": c.history},
+               f"{prefix}.C.rank{ctx.rank}.pt")
     D.cleanup()
 
 

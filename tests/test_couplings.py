@@ -54,7 +54,22 @@ def test_cost_matrix_matches_direct():
     x0, x1 = _batches((7, 2, 3, 3), seed=1)
     c = squared_cost_matrix(x0, x1)
     direct = ((x0.reshape(7, 1, -1) - x1.reshape(1, 7, -1)) ** 2).sum(-1).numpy()
-    np.testing.assert_allclose(c, direct, rtol=1e-14, atol=0)
+    # GEMM-form round-off bound: 4 d eps (|a_i|^2 + |b_j|^2) for the centred rows
+    a, b = x0.reshape(7, -1), x1.reshape(7, -1)
+    centre = torch.cat([a, b]).mean(0)
+    bound = 4 * a.shape[1] * np.finfo(np.float64).eps * (
+        ((a - centre) ** 2).sum(1)[:, None] + ((b - centre) ** 2).sum(1)[None, :]).numpy()
+    assert (np.abs(c - direct) <= bound).all()
+    assert (c >= 0).all()
+
+
+def test_cost_matrix_far_from_origin_keeps_precision():
+    # a common offset of 1e6 would wipe out the uncentred GEMM form (|a|^2 ~ 1e13 * d); centring
+    # makes the result independent of the offset up to the same round-off bound
+    x0, x1 = _batches((9, 4), seed=11)
+    c = squared_cost_matrix(x0 + 1e6, x1 + 1e6)
+    direct = ((x0.reshape(9, 1, -1) - x1.reshape(1, 9, -1)) ** 2).sum(-1).numpy()
+    np.testing.assert_allclose(c, direct, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(64, 2), (40, 5), (32, 3, 4, 4)])

@@ -113,6 +113,60 @@ def test_gft_total_formula(beta):
     assert model.a.grad is not None and math.isfinite(float(model.a.grad))
 
 
+class CountingMLP(torch.nn.Module):
+    """A small per-sample MLP field that counts its forward calls and the rows it saw."""
+
+    def __init__(self, dim=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, 16), torch.nn.Tanh(), torch.nn.Linear(16, dim))
+        self.net.double()
+        self.calls: list[int] = []
+
+    def forward(self, x, t):
+        self.calls.append(x.shape[0])
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+@pytest.mark.parametrize("drift_form", [False, True])
+def test_fused_forward_equals_two_passes(drift_form):
+    # one forward pass on the concatenated batch gives the same terms and gradients as two passes
+    # (per-sample network: only floating-point reassociation can differ, float64 -> 1e-12)
+    tgt, pre = _path((40, 3), seed=14), _path((24, 3), seed=15)
+    if drift_form:
+        pre = DriftBatch(x=pre.xt, t=pre.t, target=pre.target)
+    w = lambda s: 1.5 - s  # noqa: E731
+    grads = {}
+    for fused in (True, False):
+        model = CountingMLP()
+        terms = gft_loss(model, tgt, 0.7, pre, weight=w, fused=fused)
+        terms.total.backward()
+        assert model.calls == ([64] if fused else [40, 24])
+        grads[fused] = [p.grad.clone() for p in model.parameters()]
+        grads[(fused, "terms")] = (terms.target.detach(), terms.pretrained.detach(), terms.total.detach())
+    for a, b in zip(grads[(True, "terms")], grads[(False, "terms")]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_fused_forward_only_when_possible():
+    tgt = _path((8, 3), seed=16)
+    model = CountingMLP()
+    # beta = 0: the pretrained term is logged without gradient, in its own pass
+    gft_loss(model, tgt, 0.0, _path((8, 3), seed=17))
+    assert model.calls == [8, 8]
+    # a batch of another dtype cannot be concatenated: two passes, same math
+    model.calls.clear()
+    pre32 = _path((8, 3), seed=18)
+    pre32 = DriftBatch(x=pre32.xt.float(), t=pre32.t.float(), target=pre32.target.float())
+    with pytest.raises(RuntimeError):  # the float64 network rejects float32 input in its own pass
+        gft_loss(model, tgt, 0.5, pre32)
+    assert model.calls == [8, 8]
+    with pytest.raises(TypeError, match="fused must be True or False"):
+        gft_loss(model, tgt, 0.5, _path((8, 3), seed=19), fused=1)
+
+
 # ---------------------------------------------------------------- the minimizer (THEORY T2 / T4)
 TARGET = GaussianMixture.from_dict({"weights": [0.4, 0.6], "means": [-1.5, 2.0], "stds": [0.4, 0.6]})
 PRETRAINED = GaussianMixture.from_dict({"weights": [0.5, 0.5], "means": [-0.3, 3.0], "stds": [0.7, 0.5]})
@@ -239,7 +293,7 @@ def test_bad_inputs_raise():
         gft_loss(model, tgt, 0.5, (pre.xt, pre.t))
     with pytest.raises(TypeError, match="weight for gft_loss must be a callable"):
         gft_loss(model, tgt, 0.5, pre, weight=torch.ones(8, dtype=F64))
-    with pytest.raises(TypeError, match="normalize must be a bool"):
+    with pytest.raises(TypeError, match="normalize must be True or False"):
         gft_loss(model, tgt, 0.5, pre, normalize=1)
     with pytest.raises(TypeError, match="path must be a PathSample"):
         cfm_loss(model, DriftBatch(x=pre.xt, t=pre.t, target=pre.target))

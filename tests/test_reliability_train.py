@@ -273,3 +273,13 @@ def test_ddp_matches_single_process_and_resumes(tmp_path):
         assert h_ddp["step"] == h_one["step"] and h_ddp["beta"] == h_one["beta"]
         for k in ("total", "target", "pretrained"):
             assert h_ddp[k] == pytest.approx(h_one[k], rel=1e-5)
+    # (C) the library's FlowMatchingObjective + UNet: ranks identical, equal to one process
+    c0, c1 = load("C", 0), load("C", 1)
+    single_c = train(W.make_unet(), W.image_objective(), W.image_config())
+    for key, ref_state in (("model", single_c.model.state_dict()), ("ema", single_c.ema_model.state_dict())):
+        assert _equal_states(c0[key], c1[key]), f"ranks disagree on the UNet's {key}"
+        ddp = torch.cat([v.flatten().double() for v in c0[key].values()])
+        one = torch.cat([v.flatten().double() for v in ref_state.values()])
+        assert ((ddp - one).norm() / one.norm()).item() < 1e-5, key
+    for h_ddp, h_one in zip(c0["history"], single_c.history, strict=True):
+        assert h_ddp["total"] == pytest.approx(h_one["total"], rel=1e-5)

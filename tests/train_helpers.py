@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gftlib.couplings import CoupledBatch
 from gftlib.losses import LossTerms
 
 
@@ -124,3 +125,15 @@ class CrashAt:
 
     def set_rank(self, rank: int, world_size: int) -> None:
         self.inner.set_rank(rank, world_size)
+
+
+def rows_as_drawn(x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None) -> CoupledBatch:
+    """A coupling callable that keeps the rows as drawn: an independent coupling for the library's
+    objective (x0 is i.i.d. noise, the data order is random) that draws nothing, so a DDP rank's
+    batch is exactly its slice of the single-process batch."""
+    return CoupledBatch(x0=x0, x1=x1, index=torch.arange(x1.shape[0], device=x1.device))
+
+
+def tiny_images(n: int = 64, size: int = 8, seed: int = 5) -> Tensor:
+    """(n, 3, size, size) images in [-1, 1]."""
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
