@@ -315,9 +315,10 @@ CASES: list[Case] = [
        (TypeError, ValueError), r"\bschedule_options\b", r"'rat'", r"rate.*n_stages|n_stages.*rate"),
     _c("unknown schedule option (FinetuneConfig)",
        lambda e: FinetuneConfig(schedule_kind="exponential", schedule_options=(("rat", 5.0),)),
-       (TypeError, ValueError), r"\bschedule_options\b", r"'rat'", r"rate.*n_stages|n_stages.*rate",
-       gap="tasks2d.FinetuneConfig: same raw 'make_schedule() got an unexpected keyword argument' as "
-           "build_method"),
+       (TypeError, ValueError), r"\bschedule_options\b", r"'rat'", r"rate.*n_stages|n_stages.*rate"),
+    _c("schedule options not pairs (FinetuneConfig)",
+       lambda e: FinetuneConfig(schedule_kind="exponential", schedule_options=(5.0,)),
+       TypeError, r"\bschedule_options\b", r"\(5\.0,\)", r"pairs or a dict"),
     _c("schedule kind typo ignored by 'ft'",
        lambda e: build_method("ft", target_data=toy_data(16), pretrained_model=_identity, batch_size=4,
                               steps=2, schedule_kind="cosin", device="cpu"),

@@ -54,7 +54,15 @@ from gftlib.validation import (
 
 SCHEDULE_OPTIONS: tuple[str, ...] = ("beta_final", "rate", "n_stages", "values")
 
-__all__ = ["check_methods", "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+__all__ = ["check_schedule_options", "check_methods", "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+
+def check_schedule_options(options: Mapping[str, Any]) -> None:
+    """Reject option names that no cooling schedule takes (before make_schedule's raw TypeError)."""
+    unknown = sorted(set(options) - set(SCHEDULE_OPTIONS))
+    if unknown:
+        raise ValueError(f"schedule_options has unknown key(s) {unknown}; allowed: "
+                         "beta_final, rate (exponential), n_stages (step), values (custom)")
+
 
 METHODS: tuple[str, ...] = ("scratch", "ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling", "reflow")
 
@@ -155,10 +163,7 @@ def build_method(
             f"interpolant must be a gftlib.interpolants.Interpolant, got {type(interpolant).__name__}")
     if schedule_options is not None and not isinstance(schedule_options, Mapping):
         raise TypeError(f"schedule_options must be a dict or None, got {type(schedule_options).__name__}")
-    unknown_options = sorted(set(schedule_options or {}) - set(SCHEDULE_OPTIONS))
-    if unknown_options:
-        raise ValueError(f"schedule_options has unknown key(s) {unknown_options}; allowed: "
-                         "beta_final, rate (exponential), n_stages (step), values (custom)")
+    check_schedule_options(schedule_options or {})
     check_choice("schedule_kind", schedule_kind, SCHEDULES)  # validated for every method, used by some
     check_choice("target_coupling", target_coupling, COUPLINGS)
     cache_size = n_items if cache_size is None else check_positive_int("cache_size", cache_size)

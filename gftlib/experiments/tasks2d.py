@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from gftlib.data import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
-from gftlib.experiments.methods import METHODS, build_method, check_methods
+from gftlib.experiments.methods import METHODS, build_method, check_methods, check_schedule_options
 from gftlib.experiments.profiles import PROFILES
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
@@ -279,7 +279,12 @@ class FinetuneConfig:
         put("beta0", check_finite_number("beta0", self.beta0, minimum=0.0))
         kind = check_choice("schedule_kind", self.schedule_kind, tuple(k for k in SCHEDULES if k != "custom"))
         put("schedule_kind", kind)
-        opts = dict(self.schedule_options) if self.schedule_options else default_schedule_options(kind)
+        try:
+            opts = dict(self.schedule_options) if self.schedule_options else default_schedule_options(kind)
+        except (TypeError, ValueError) as err:
+            raise TypeError("schedule_options must be (name, value) pairs or a dict, got "
+                            f"{self.schedule_options!r}") from err
+        check_schedule_options(opts)
         put("schedule_options", tuple(sorted(opts.items())))
         self.schedule()  # validates beta0, kind and options with the library's messages
         fr = tuple(check_finite_number("dopri_fractions[]", f, minimum=0.0, maximum=1.0)
