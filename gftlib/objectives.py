@@ -603,6 +603,13 @@ class _PretrainedCache:
     def _fingerprint(self) -> tuple[float, ...]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _set_solver(self, method: str, steps: int, atol: float, rtol: float) -> None:
+        """Validate and store the pretrained sampler's settings (ODE method, steps, tolerances)."""
+        self.solver_method = check_choice("solver_method", method, ODE_METHODS)
+        self.solver_steps = check_positive_int("solver_steps", steps)
+        self.atol = check_finite_number("atol", atol, minimum=0.0, strict=True)
+        self.rtol = check_finite_number("rtol", rtol, minimum=0.0, strict=True)
+
     def _noise(self, n: int, generation: int) -> Tensor:
         g = torch.Generator().manual_seed(_mix_seed(self.seed, generation))
         return torch.randn((n, *self.shape), generator=g, dtype=self.dtype)
@@ -704,10 +711,7 @@ class PretrainedCouplingCache(_PretrainedCache):
             raise TypeError(
                 f"interpolant must be a gftlib.interpolants.Interpolant, got {type(interpolant).__name__}")
         self.interpolant = interpolant
-        self.solver_method = check_choice("solver_method", solver_method, ODE_METHODS)
-        self.solver_steps = check_positive_int("solver_steps", solver_steps)
-        self.atol = check_finite_number("atol", atol, minimum=0.0, strict=True)
-        self.rtol = check_finite_number("rtol", rtol, minimum=0.0, strict=True)
+        self._set_solver(solver_method, solver_steps, atol, rtol)
         self.diffusion = _check_diffusion(diffusion, interpolant)
         self._x0: Tensor | None = None
         self._x1: Tensor | None = None
@@ -804,10 +808,7 @@ class PretrainedDriftCache(_PretrainedCache):
             n_times = check_positive_int("time_grid", time_grid)
             grid = t_eps + (1 - 2 * t_eps) * (torch.arange(n_times, dtype=torch.float64) + 0.5) / n_times
         self.times = grid
-        self.solver_method = check_choice("solver_method", solver_method, ODE_METHODS)
-        self.solver_steps = check_positive_int("solver_steps", solver_steps)
-        self.atol = check_finite_number("atol", atol, minimum=0.0, strict=True)
-        self.rtol = check_finite_number("rtol", rtol, minimum=0.0, strict=True)
+        self._set_solver(solver_method, solver_steps, atol, rtol)
         self.diffusion = _check_diffusion(diffusion, None)
         self._x: Tensor | None = None
         self._t: Tensor | None = None

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +45,7 @@ from gftlib.objectives import (
 )
 from gftlib.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
+from gftlib.train import TrainConfig, TrainResult, train
 from gftlib.validation import (
     check_choice,
     check_finite_number,
@@ -54,7 +56,7 @@ from gftlib.validation import (
 
 SCHEDULE_OPTIONS: tuple[str, ...] = ("beta_final", "rate", "n_stages", "values")
 
-__all__ = ["check_schedule_options", "check_methods", "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+__all__ = ["MethodRun", "run_method", "check_schedule_options", "check_methods", "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
 
 def check_schedule_options(options: Mapping[str, Any]) -> None:
     """Reject option names that no cooling schedule takes (before make_schedule's raw TypeError)."""
@@ -221,3 +223,45 @@ def check_methods(methods: Any) -> tuple[str, ...]:
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods must not repeat a name, got {list(methods)}")
     return methods
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One training run of a method (see :func:`run_method`). ``evals``: the evaluation rows, step 0
+    first (``{"step": s, **evaluate(model, s)}``); ``logs``: the loss rows of the training history."""
+
+    spec: MethodSpec
+    result: TrainResult
+    evals: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+
+    @staticmethod
+    def column(rows: list[dict[str, Any]], key: str, dtype: Any = np.float64) -> np.ndarray:
+        """``rows[i][key]`` as an array (e.g. ``run.column(run.evals, "w2")``)."""
+        return np.asarray([r[key] for r in rows], dtype=dtype)
+
+    def final_beta(self, steps: int) -> float | None:
+        """beta at the last of ``steps`` updates (None without a schedule)."""
+        return None if self.spec.schedule is None else float(self.spec.schedule(steps - 1))
+
+
+def run_method(method: str, *, target_data: Tensor, pretrained_model: nn.Module | None,
+               new_model: Callable[[], nn.Module], evaluate: Callable[[nn.Module, int], dict[str, float]],
+               eval_key: str, train_config: TrainConfig, device: torch.device, **method_options: Any
+               ) -> MethodRun:
+    """Build ``method`` (:func:`build_method` with ``method_options``), start from the pretrained
+    weights or ``new_model()`` as the method says, evaluate before training (step 0) and train with
+    ``train_config`` (its ``eval_every`` calls ``evaluate``). Rows of the history that contain
+    ``eval_key`` are evaluations; rows with ``"total"`` are loss logs."""
+    spec = build_method(method, target_data=target_data, pretrained_model=pretrained_model, device=device,
+                        **method_options)
+    if spec.init_from_pretrained:
+        model = copy.deepcopy(pretrained_model).requires_grad_(True)
+    else:
+        model = new_model()
+    model = model.to(device).train()
+    first = evaluate(copy.deepcopy(model).eval(), 0)
+    res = train(model, spec.objective, train_config, schedule=spec.schedule, evaluate=evaluate)
+    evals = [{"step": 0, **first}] + [h for h in res.history if eval_key in h]
+    logs = [h for h in res.history if "total" in h]
+    return MethodRun(spec=spec, result=res, evals=evals, logs=logs)

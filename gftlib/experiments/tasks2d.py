@@ -30,7 +30,6 @@ distances), :func:`coverage` (diversity) and :func:`plot_mean_band`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 
 from gftlib.data import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
-from gftlib.experiments.methods import METHODS, build_method, check_methods, check_schedule_options
+from gftlib.experiments.methods import METHODS, check_methods, check_schedule_options, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
@@ -469,37 +468,28 @@ def _evaluator(task: Task2D, config: FinetuneConfig,
 def _finetune_uncached(task: Task2D, method: str, seed: int, config: FinetuneConfig,
                        device: torch.device) -> FinetuneRun:
     pretrained = None if method == "scratch" else pretrain(task, device=device)
-    spec = build_method(method, target_data=task.target_train(), pretrained_model=pretrained,
-                        batch_size=config.batch_size, steps=config.steps, beta0=config.beta0,
-                        schedule_kind=config.schedule_kind, schedule_options=dict(config.schedule_options),
-                        target_coupling=config.target_coupling, cache_size=config.cache_size,
-                        n_trajectories=config.n_trajectories, seed=seed, device=device)
-    if spec.init_from_pretrained:
-        model = copy.deepcopy(pretrained).requires_grad_(True)
-    else:
-        model = task.build_model(seed=seed)
-    model = model.to(device).train()
-    evaluate = _evaluator(task, config, device)
-    first = evaluate(copy.deepcopy(model).eval(), 0)
     cfg = TrainConfig(steps=config.steps, lr=config.lr, ema_decay=config.ema_decay, seed=seed,
                       device=str(device),
                       eval_every=config.eval_every, log_every=max(1, config.steps // 60), progress=False)
-    res = train(model, spec.objective, cfg, schedule=spec.schedule, evaluate=evaluate)
-
-    evals = [{"step": 0, **first}] + [h for h in res.history if "w2" in h]
-    logs = [h for h in res.history if "total" in h]
+    run = run_method(method, target_data=task.target_train(), pretrained_model=pretrained,
+                     new_model=lambda: task.build_model(seed=seed), evaluate=_evaluator(task, config, device),
+                     eval_key="w2", train_config=cfg, device=device,
+                     batch_size=config.batch_size, steps=config.steps, beta0=config.beta0,
+                     schedule_kind=config.schedule_kind, schedule_options=dict(config.schedule_options),
+                     target_coupling=config.target_coupling, cache_size=config.cache_size,
+                     n_trajectories=config.n_trajectories, seed=seed)
+    evals, logs, col = run.evals, run.logs, run.column
     dop = [h for h in evals if "dopri_nfe" in h]
-    arr = lambda rows, key, dtype=np.float64: np.asarray([r[key] for r in rows], dtype=dtype)  # noqa: E731
     return FinetuneRun(
         method=method, seed=seed,
-        eval_steps=arr(evals, "step", np.int64), w2=arr(evals, "w2"), path_length=arr(evals, "path_length"),
-        straightness=arr(evals, "straightness"),
-        dopri_steps=arr(dop, "step", np.int64), dopri_nfe=arr(dop, "dopri_nfe"),
-        dopri_w2=arr(dop, "dopri_w2"),
-        log_steps=arr(logs, "step", np.int64), beta=arr(logs, "beta"), loss_total=arr(logs, "total"),
-        loss_target=arr(logs, "target"), loss_pretrained=arr(logs, "pretrained"),
-        schedule_final_beta=None if spec.schedule is None else float(spec.schedule(config.steps - 1)),
-        ema_state={k: v.detach().cpu().clone() for k, v in res.ema_model.state_dict().items()},
+        eval_steps=col(evals, "step", np.int64), w2=col(evals, "w2"), path_length=col(evals, "path_length"),
+        straightness=col(evals, "straightness"),
+        dopri_steps=col(dop, "step", np.int64), dopri_nfe=col(dop, "dopri_nfe"),
+        dopri_w2=col(dop, "dopri_w2"),
+        log_steps=col(logs, "step", np.int64), beta=col(logs, "beta"), loss_total=col(logs, "total"),
+        loss_target=col(logs, "target"), loss_pretrained=col(logs, "pretrained"),
+        schedule_final_beta=run.final_beta(config.steps),
+        ema_state={k: v.detach().cpu().clone() for k, v in run.result.ema_model.state_dict().items()},
     )
 
 

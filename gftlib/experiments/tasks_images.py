@@ -45,7 +45,6 @@ training distribution, of the source, and of the pretrained model.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -60,7 +59,7 @@ from torch import Tensor, nn
 
 from gftlib.data import image_patches, load_image_dataset
 from gftlib.experiments.cache import cached_torch
-from gftlib.experiments.methods import METHODS, build_method, check_methods
+from gftlib.experiments.methods import METHODS, check_methods, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks2d import FinetuneConfig
 from gftlib.features import (
@@ -669,36 +668,28 @@ def _curve_evaluator(task: ImageTask, config: ImageFinetuneConfig, device: torch
 def _finetune_uncached(task: ImageTask, method: str, seed: int, config: ImageFinetuneConfig,
                        device: torch.device) -> ImageRun:
     pretrained = None if method == "scratch" else pretrain(task, device=device)
-    spec = build_method(method, target_data=task.target_train(), pretrained_model=pretrained,
-                        batch_size=config.batch_size, steps=config.steps, beta0=config.beta0,
-                        schedule_kind=config.schedule_kind, schedule_options=dict(config.schedule_options),
-                        target_coupling=config.target_coupling, cache_size=config.cache_size,
-                        n_trajectories=config.n_trajectories, time_grid=config.time_grid,
-                        solver_method="euler", solver_steps=config.solver_steps,
-                        chunk_size=task.eval_chunk, seed=seed, device=device)
-    if spec.init_from_pretrained:
-        model = copy.deepcopy(pretrained).requires_grad_(True)
-    else:
-        model = task.build_model(seed=seed)
-    model = model.to(device).train()
-    evaluate = _curve_evaluator(task, config, device)
-    first = evaluate(copy.deepcopy(model).eval(), 0)
     cfg = TrainConfig(steps=config.steps, lr=config.lr, ema_decay=config.ema_decay, seed=seed,
                       device=str(device),
                       amp=config.amp, eval_every=config.eval_every, log_every=max(1, config.steps // 40),
                       progress=False)
-    res = train(model, spec.objective, cfg, schedule=spec.schedule, evaluate=evaluate)
-    evals = [{"step": 0, **first}] + [h for h in res.history if "curve_sw" in h]
-    logs = [h for h in res.history if "total" in h]
-    arr = lambda rows, key, dtype=np.float64: np.asarray([r[key] for r in rows], dtype=dtype)  # noqa: E731
+    run = run_method(method, target_data=task.target_train(), pretrained_model=pretrained,
+                     new_model=lambda: task.build_model(seed=seed), evaluate=_curve_evaluator(task, config, device),
+                     eval_key="curve_sw", train_config=cfg, device=device,
+                     batch_size=config.batch_size, steps=config.steps, beta0=config.beta0,
+                     schedule_kind=config.schedule_kind, schedule_options=dict(config.schedule_options),
+                     target_coupling=config.target_coupling, cache_size=config.cache_size,
+                     n_trajectories=config.n_trajectories, time_grid=config.time_grid,
+                     solver_method="euler", solver_steps=config.solver_steps,
+                     chunk_size=task.eval_chunk, seed=seed)
+    evals, logs, col = run.evals, run.logs, run.column
     return ImageRun(
-        method=method, seed=seed, eval_steps=arr(evals, "step", np.int64), curve_sw=arr(evals, "curve_sw"),
-        curve_loss=arr(evals, "curve_loss"), log_steps=arr(logs, "step", np.int64), beta=arr(logs, "beta"),
-        loss_total=arr(logs, "total"), loss_target=arr(logs, "target"),
-        loss_pretrained=arr(logs, "pretrained"),
-        schedule_final_beta=None if spec.schedule is None else float(spec.schedule(config.steps - 1)),
-        final=generate(task, res.ema_model, device=device),
-        ema_state={k: v.detach().cpu().clone() for k, v in res.ema_model.state_dict().items()},
+        method=method, seed=seed, eval_steps=col(evals, "step", np.int64), curve_sw=col(evals, "curve_sw"),
+        curve_loss=col(evals, "curve_loss"), log_steps=col(logs, "step", np.int64), beta=col(logs, "beta"),
+        loss_total=col(logs, "total"), loss_target=col(logs, "target"),
+        loss_pretrained=col(logs, "pretrained"),
+        schedule_final_beta=run.final_beta(config.steps),
+        final=generate(task, run.result.ema_model, device=device),
+        ema_state={k: v.detach().cpu().clone() for k, v in run.result.ema_model.state_dict().items()},
     )
 
 
