@@ -19,7 +19,11 @@ import torch
 from gftlib.experiments.report import repo_root, to_jsonable
 from gftlib.io import atomic_torch_save
 
-__all__ = ["cache_key", "cached_torch"]
+__all__ = ["ALL_MODULES", "cache_key", "cached_torch"]
+
+#: ``modules`` value that keys an artefact on the source of the whole package (the safe choice for
+#: results that pass through many modules: no edit anywhere can leave a stale entry).
+ALL_MODULES: tuple[str, ...] = ("*",)
 
 T = TypeVar("T")
 
@@ -29,7 +33,7 @@ def _code_digest(modules: Iterable[str]) -> str:
     root = repo_root() / "gftlib"
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if any(rel == m or rel.startswith(m.rstrip("/") + "/") or rel == m + ".py" for m in modules):
+        if any(m == "*" or rel == m or rel.startswith(m.rstrip("/") + "/") or rel == m + ".py" for m in modules):
             h.update(rel.encode())
             h.update(path.read_bytes())
     return h.hexdigest()
@@ -42,8 +46,7 @@ def cache_key(params: dict[str, Any], modules: Iterable[str]) -> str:
 
 
 def cached_torch(name: str, params: dict[str, Any], build: Callable[[], T], *,
-                 modules: Iterable[str] = ("models", "train.py", "objectives.py", "losses.py",
-                                           "interpolants.py", "couplings.py", "data.py", "samplers.py"),
+                 modules: Iterable[str] = ALL_MODULES,
                  cache_dir: str | os.PathLike[str] | None = None) -> T:
     """Return ``build()``'s result, loading it from the cache when the same key was built before."""
     folder = Path(cache_dir or os.environ.get("GFT_CACHE_DIR", repo_root() / "build" / "cache"))
