@@ -10,6 +10,7 @@ TORCH_SPEC  ?= torch==2.13.0
 PROFILE     ?= quick
 DEVICE      ?= auto
 BUILD       ?= build
+TEST_WORKERS ?= 2
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 
@@ -49,8 +50,8 @@ figures: $(STAMP) ## Run every notebook (papermill, PROFILE=quick on the CPU) an
 results/%.json: notebooks/%.ipynb $(LIB_SOURCES) | $(STAMP)
 	$(PY) -m gftlib.experiments.run_notebooks --profile $(PROFILE) --device $(DEVICE) --build $(BUILD) $<
 
-test: $(STAMP) ## Run the whole test suite (unit tests + smoke runs of every notebook)
-	$(PY) -m pytest -q
+test: $(STAMP) ## Run the whole test suite (unit tests + smoke runs of every notebook), TEST_WORKERS processes
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP) ## Unit tests only (skips the notebook smoke runs and subprocess tests)
 	$(PY) -m pytest -q -m "not slow"

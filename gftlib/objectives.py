@@ -764,7 +764,12 @@ class PretrainedDriftCache(_PretrainedCache):
     t_k = t_eps + (1 - 2 t_eps) (k + 1/2) / G (a midpoint rule for the uniform t of the target term),
     or pass an increasing 1-D tensor of times in [0, 1]. Integration runs piecewise between grid
     times with ceil(solver_steps * dt) steps per piece, so stored points lie on solver steps (no
-    interpolation). Grid times are kept exact (no jitter): a fine grid approximates uniform t.
+    interpolation). Grid times are exact by default: a fine grid approximates uniform t.
+    ``jitter=True`` (int ``time_grid`` only) draws every build's times as a stratified sample,
+    t_k = t_eps + (1 - 2 t_eps) (k + u_k) / G with u_k ~ U(0, 1) from a generator seeded with
+    mix(seed, generation, 2): an unbiased estimate of the uniform-t expectation, and with
+    ``refresh_every`` the regressed times cover [t_eps, 1 - t_eps] continuously over training, so a
+    network with high-frequency time features cannot fit the pretrained term at G times only.
     :meth:`batch` draws (x, t, b_pre(x, t)) uniformly with replacement from the
     G * n_trajectories cached points. Memory: 2 * G * n_trajectories * prod(shape) floats.
     """
@@ -779,6 +784,7 @@ class PretrainedDriftCache(_PretrainedCache):
         n_trajectories: int,
         time_grid: int | Tensor = 32,
         t_eps: float = 0.0,
+        jitter: bool = False,
         solver_method: str = "euler",
         solver_steps: int = 32,
         atol: float = 1e-5,
@@ -804,10 +810,16 @@ class PretrainedDriftCache(_PretrainedCache):
                 raise ValueError(f"time_grid times must lie in [0, 1], got {grid.tolist()}")
             if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
                 raise ValueError(f"time_grid must be strictly increasing, got {grid.tolist()}")
+            if jitter is True:
+                raise ValueError("jitter=True needs an int time_grid (a number of strata), got explicit times")
         else:
             n_times = check_positive_int("time_grid", time_grid)
             grid = t_eps + (1 - 2 * t_eps) * (torch.arange(n_times, dtype=torch.float64) + 0.5) / n_times
-        self.times = grid
+        if not isinstance(jitter, bool):
+            raise TypeError(f"jitter must be True or False, got {jitter!r}")
+        self.jitter = jitter
+        self.t_eps = t_eps
+        self.times = grid  # with jitter: the stratum midpoints until the first build
         self._set_solver(solver_method, solver_steps, atol, rtol)
         self.diffusion = _check_diffusion(diffusion, None)
         self._x: Tensor | None = None
@@ -821,6 +833,10 @@ class PretrainedDriftCache(_PretrainedCache):
     def _build(self, generation: int) -> None:
         x0 = self._noise(self.n_trajectories, generation)
         n_times = self.times.numel()
+        if self.jitter:
+            u = torch.rand(n_times, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(_mix_seed(self.seed, generation, 2)))
+            self.times = self.t_eps + (1 - 2 * self.t_eps) * (torch.arange(n_times, dtype=torch.float64) + u) / n_times
         noise_gen = None
         if self.diffusion > 0:
             noise_gen = torch.Generator(device=self.device)

@@ -149,6 +149,16 @@ def test_gft_drift_batch_is_the_frozen_drift():
         torch.testing.assert_close(pre.target, pretrained(pre.x, pre.t), atol=1e-6, rtol=1e-5)
 
 
+def test_gft_drift_time_jitter_reaches_the_cache():
+    data, pretrained = tiny_problem()
+    plain = build_method("gft-drift", target_data=data, pretrained_model=pretrained, **SMALL)
+    jit = build_method("gft-drift", target_data=data, pretrained_model=pretrained, time_jitter=True, **SMALL)
+    assert plain.objective.pretrained.jitter is False and jit.objective.pretrained.jitter is True
+    t_plain = plain.objective.pretrained.prepare().times
+    t_jit = jit.objective.pretrained.prepare().times
+    assert t_plain.shape == t_jit.shape and not torch.equal(t_plain, t_jit)
+
+
 def test_build_method_rejects_bad_input():
     data, pretrained = tiny_problem()
     kw = dict(target_data=data, pretrained_model=pretrained, **SMALL)

@@ -288,6 +288,20 @@ def test_config_round_trip_and_overrides():
     assert unet_config("tiny") is not unet_config("tiny")  # fresh dicts
 
 
+def test_mlp_time_scale_is_part_of_the_model():
+    # emb(time_scale * t): a model with time_scale s at time t equals one with scale 1 at time s * t
+    slow = build_model("mlp", dim=2, hidden=8, time_scale=1.0, seed=0)
+    fast = build_model("mlp", dim=2, hidden=8, time_scale=250.0, seed=0)
+    assert fast.config["time_scale"] == 250.0 and slow.time_embed.scale == 1.0
+    rebuilt = build_model("mlp", **fast.config)
+    rebuilt.load_state_dict(fast.state_dict())
+    x, t = torch.randn(5, 2), torch.rand(5) * 1e-3
+    torch.testing.assert_close(rebuilt(x, t), fast(x, t))
+    torch.testing.assert_close(fast(x, t), slow(x, 250.0 * t))
+    with pytest.raises(ValueError, match="time_scale"):
+        build_model("mlp", dim=2, time_scale=0.0)
+
+
 def test_tiny_forward_backward_is_fast():
     model = build_model("unet", seed=0, config="tiny")
     x, t = _images(8)

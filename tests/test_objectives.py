@@ -355,6 +355,42 @@ def test_drift_cache_batches_and_state():
         assert torch.equal(pa.x, pb.x) and torch.equal(pa.t, pb.t) and torch.equal(pa.target, pb.target)
 
 
+def test_drift_cache_jitter_draws_stratified_times_per_build():
+    field = velocity_of(gaussian_path())
+    kw = dict(n_trajectories=3000, time_grid=4, t_eps=0.05, solver_method="rk4", solver_steps=16,
+              refresh_every=1, seed=3, jitter=True)
+    cache = PretrainedDriftCache(field, (2,), **kw)
+    seen = []
+    g = gen(4)
+    for generation in range(3):
+        cache.prepare()
+        times = cache.times.clone()
+        lo = 0.05 + 0.9 * torch.arange(4, dtype=torch.float64) / 4
+        assert bool((times >= lo).all() and (times < lo + 0.9 / 4).all())  # one time per stratum
+        # the stored points follow the pretrained marginals at the jittered times (same check as the grid)
+        _check_marginals(cache, field, 0.0, extra_tol=1e-3)
+        seen.append(times)
+        cache.batch(8, g)  # refresh_every=1: the next build is a new generation
+        assert cache.generation == generation + 1
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    # the same seed and generation give the same times (exact resume)
+    again = PretrainedDriftCache(field, (2,), **kw)
+    torch.testing.assert_close(again.prepare().times, seen[0], rtol=0, atol=0)
+
+
+def test_drift_cache_jitter_is_uniform_within_strata():
+    # u_k = (t_k - stratum start) / width must be U(0, 1): over 400 builds its mean is 1/2 within 5 SE
+    field = velocity_of(gaussian_path())
+    us = []
+    for seed in range(400):
+        c = PretrainedDriftCache(field, (2,), n_trajectories=1, time_grid=2, solver_steps=1, seed=seed, jitter=True)
+        us.append((c.prepare().times - torch.tensor([0.0, 0.5], dtype=torch.float64)) / 0.5)
+    u = torch.stack(us)
+    assert bool(((u >= 0) & (u < 1)).all())
+    se = math.sqrt(1 / 12 / u.shape[0])
+    assert (u.mean(0) - 0.5).abs().max().item() < 5 * se
+
+
 def test_drift_cache_rejects_bad_input():
     field = velocity_of(gaussian_path())
     with pytest.raises(ValueError, match="n_trajectories"):
@@ -369,6 +405,10 @@ def test_drift_cache_rejects_bad_input():
         PretrainedDriftCache(field, (2,), n_trajectories=4, t_eps=0.5)
     with pytest.raises(ValueError, match="diffusion"):
         PretrainedDriftCache(field, (2,), n_trajectories=4, diffusion=-1.0)
+    with pytest.raises(ValueError, match="jitter=True needs an int time_grid"):
+        PretrainedDriftCache(field, (2,), n_trajectories=4, time_grid=torch.tensor([0.2, 0.5]), jitter=True)
+    with pytest.raises(TypeError, match="jitter must be True or False"):
+        PretrainedDriftCache(field, (2,), n_trajectories=4, jitter="yes")
     cache = PretrainedDriftCache(field, (2,), n_trajectories=4, time_grid=3)
     with pytest.raises(ValueError, match="k must be"):
         cache.points(3)

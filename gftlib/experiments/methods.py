@@ -123,6 +123,7 @@ def build_method(
     cache_size: int | None = None,
     n_trajectories: int | None = None,
     time_grid: int | Tensor = 32,
+    time_jitter: bool = False,
     solver_method: str = "euler",
     solver_steps: int = 32,
     refresh_every: int | None = None,
@@ -142,7 +143,8 @@ def build_method(
     "independent"). ``interpolant``/``diffusion``: the conditional path and its g (shared by both
     terms; with g > 0 the pretrained network must be the SDE drift for g). ``cache_size``: pairs in
     the coupling cache (gft-coupling, reflow; default N). ``n_trajectories`` (default min(N, 1024))
-    and ``time_grid`` (default 32 midpoints): drift cache (gft-drift). ``solver_method``,
+    and ``time_grid`` (default 32 midpoints; ``time_jitter=True``: a stratified random draw per
+    build, see PretrainedDriftCache): drift cache (gft-drift). ``solver_method``,
     ``solver_steps``: the frozen pretrained sampler. ``refresh_every``: cache refresh period in
     pretrained batches (None: never). ``seed``: data order (seed) and caches (seed + 1).
     ``device`` ("auto" | "cpu" | "cuda[:N]", default "auto" like TrainConfig): where the target
@@ -198,7 +200,7 @@ def build_method(
                                           pretrained=TargetPathRegularizer(frozen), **common)
     elif name == "gft-drift":
         term = PretrainedDriftCache(frozen, shape, n_trajectories=n_trajectories, time_grid=time_grid,
-                                    t_eps=interpolant.t_eps, **cache_common)
+                                    t_eps=interpolant.t_eps, jitter=time_jitter, **cache_common)
         objective = FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=term, **common)
     elif name == "gft-coupling":
         term = PretrainedCouplingCache(frozen, shape, size=cache_size, interpolant=interpolant,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.models.embeddings import SinusoidalTimeEmbedding, check_time_batch
-from gftlib.validation import check_choice, check_positive_int
+from gftlib.validation import check_choice, check_finite_number, check_positive_int
 
 __all__ = ["MLPVelocity", "ACTIVATIONS"]
 
@@ -27,9 +27,11 @@ ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
 class MLPVelocity(nn.Module):
     """Velocity / drift network ``b(x, t)`` for points ``x: (n, dim)`` and times ``t: (n,)`` in [0, 1].
 
-    Input ``[x, emb(t)]`` (sinusoidal time features, ``time_features`` of them), then ``depth`` hidden
-    layers of width ``hidden`` with the chosen activation, then a linear map back to ``dim``.
-    Output has the shape and dtype of ``x``. ``config`` holds the constructor arguments.
+    Input ``[x, emb(time_scale * t)]`` (sinusoidal time features, ``time_features`` of them), then
+    ``depth`` hidden layers of width ``hidden`` with the chosen activation, then a linear map back to
+    ``dim``. ``time_scale`` (default 1000, DDPM-style) sets the fastest time frequency; small 2-D
+    fields train smoother in t with ``time_scale=1``. Output has the shape and dtype of ``x``.
+    ``config`` holds the constructor arguments (``MLPVelocity(**model.config)`` rebuilds it).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class MLPVelocity(nn.Module):
         depth: int = 3,
         time_features: int = 64,
         activation: str = "silu",
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         self.dim = check_positive_int("dim", dim)
@@ -46,10 +49,12 @@ class MLPVelocity(nn.Module):
         depth = check_positive_int("depth", depth)
         time_features = check_positive_int("time_features", time_features)
         act = _ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+        time_scale = check_finite_number("time_scale", time_scale, minimum=0.0, strict=True)
         self.config: dict[str, Any] = dict(
-            dim=self.dim, hidden=hidden, depth=depth, time_features=time_features, activation=activation
+            dim=self.dim, hidden=hidden, depth=depth, time_features=time_features, activation=activation,
+            time_scale=time_scale,
         )
-        self.time_embed = SinusoidalTimeEmbedding(time_features)
+        self.time_embed = SinusoidalTimeEmbedding(time_features, scale=time_scale)
         layers: list[nn.Module] = []
         width = self.dim + time_features
         for _ in range(depth):
