@@ -29,7 +29,7 @@ import numpy as np
 
 from gftlib.validation import check_choice, check_finite_number, check_positive_int
 
-__all__ = ["CoolingSchedule", "make_schedule", "SCHEDULES", "tv_move"]
+__all__ = ["CoolingSchedule", "make_schedule", "default_schedule_options", "SCHEDULES", "tv_move"]
 
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine", "exponential", "step", "custom")
 
@@ -179,3 +179,10 @@ def make_schedule(kind: str, beta0: float | None, total_steps: int, *, beta_fina
     r = None if rate is None else check_finite_number("rate", rate, minimum=0.0, strict=True)
     m = None if n_stages is None else check_positive_int("n_stages", n_stages, minimum=2)
     return CoolingSchedule(kind=kind, beta0=b0, total_steps=total_steps, beta_final=bf, rate=r, n_stages=m)
+
+
+def default_schedule_options(kind: str) -> dict[str, float]:
+    """Options a schedule kind needs when none are given: exponential rate 5, step 4 stages (other
+    kinds need none; "custom" has no default: its ``values`` must be given)."""
+    kind = check_choice("schedule_kind", kind, tuple(k for k in SCHEDULES if k != "custom"))
+    return {"exponential": {"rate": 5.0}, "step": {"n_stages": 4}}.get(kind, {})

@@ -12,7 +12,7 @@ from typing import Any
 
 from gftlib.validation import check_choice, check_positive_int
 
-__all__ = ["PROFILES", "resolve_parameters"]
+__all__ = ["PROFILES", "resolve_parameters", "seed_global_rngs"]
 
 PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
 
@@ -29,6 +29,11 @@ def resolve_parameters(
 
     ``profile_table[profile]`` must define every knob in ``explicit``; a knob passed as ``None``
     takes the profile's value. Returns a flat dict with ``seed``, ``profile``, ``device`` and every knob.
+
+    Side effect, on purpose: seeds Python's, NumPy's and torch's global random generators with
+    ``seed`` (:func:`seed_global_rngs`), so that anything a notebook draws without an explicit
+    generator (e.g. a network's initial weights) is reproducible. torch's global generator is
+    otherwise seeded at random when the process starts.
     """
     check_choice("profile", profile, PROFILES)
     missing = [p for p in PROFILES if p not in profile_table]
@@ -41,8 +46,22 @@ def resolve_parameters(
     unknown = sorted(set(explicit) - set(table))
     if unknown:
         raise ValueError(f"parameters {unknown} have no profile default; known: {sorted(table)}")
+    seed_global_rngs(seed)
     params: dict[str, Any] = {"seed": seed, "profile": profile, "device": device}
     for key, default in table.items():
         value = explicit.get(key)
         params[key] = default if value is None else value
     return params
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed ``random``, ``numpy.random`` and torch's global generators (CPU and every CUDA device)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = check_positive_int("seed", seed, minimum=0)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -47,7 +47,7 @@ from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
 from gftlib.objectives import FlowMatchingObjective
 from gftlib.samplers import FIXED_STEP_METHODS, sample_ode
-from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
+from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
 from gftlib.train import TrainConfig, train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
@@ -322,12 +322,6 @@ class FinetuneConfig:
         if method != "gft-drift":
             d.pop("n_trajectories")
         return d
-
-
-def default_schedule_options(kind: str) -> dict[str, float]:
-    """Options a schedule kind needs when none are given: exponential rate 5, step 4 stages."""
-    kind = check_choice("schedule_kind", kind, tuple(k for k in SCHEDULES if k != "custom"))
-    return {"exponential": {"rate": 5.0}, "step": {"n_stages": 4}}.get(kind, {})
 
 
 @dataclass(frozen=True)

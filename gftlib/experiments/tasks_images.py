@@ -118,7 +118,7 @@ PROFILE_TABLE: dict[str, dict[str, Any]] = {
               "inception_weights": None, "image_size": 8, "model_config": "tiny", "n_target": 64,
               "pretrain_steps": 15, "steps": 6, "batch_size": 16, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(METHODS), "nfe": 3},
-    "quick": {"n_seeds": 1, "dataset": "skimage", "data_root": None, "pretrain_root": None,
+    "quick": {"n_seeds": 2, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 16, "model_config": "tiny", "n_target": 256,
               "pretrain_steps": 250, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(METHODS), "nfe": 8},
