@@ -311,6 +311,13 @@ class FinetuneConfig:
         d["schedule_options"] = dict(self.schedule_options)
         return d
 
+    def method_options(self, seed: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`gftlib.experiments.methods.build_method` for this budget."""
+        return dict(batch_size=self.batch_size, steps=self.steps, beta0=self.beta0,
+                    schedule_kind=self.schedule_kind, schedule_options=dict(self.schedule_options),
+                    target_coupling=self.target_coupling, cache_size=self.cache_size,
+                    n_trajectories=self.n_trajectories, seed=seed)
+
     def key_for(self, method: str) -> dict[str, Any]:
         """The fields that can change ``method``'s run (schedule/caches dropped where unused)."""
         d = self.as_dict()
@@ -463,11 +470,7 @@ def _finetune_uncached(task: Task2D, method: str, seed: int, config: FinetuneCon
                       eval_every=config.eval_every, log_every=max(1, config.steps // 60), progress=False)
     run = run_method(method, target_data=task.target_train(), pretrained_model=pretrained,
                      new_model=lambda: task.build_model(seed=seed), evaluate=_evaluator(task, config, device),
-                     eval_key="w2", train_config=cfg, device=device,
-                     batch_size=config.batch_size, steps=config.steps, beta0=config.beta0,
-                     schedule_kind=config.schedule_kind, schedule_options=dict(config.schedule_options),
-                     target_coupling=config.target_coupling, cache_size=config.cache_size,
-                     n_trajectories=config.n_trajectories, seed=seed)
+                     eval_key="w2", train_config=cfg, device=device, **config.method_options(seed))
     evals, logs, col = run.evals, run.logs, run.column
     dop = [h for h in evals if "dopri_nfe" in h]
     return FinetuneRun(

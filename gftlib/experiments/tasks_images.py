@@ -468,6 +468,10 @@ class ImageFinetuneConfig(FinetuneConfig):
         put("amp", check_choice("amp", self.amp, AMP_MODES))
         put("n_curve", check_positive_int("n_curve", self.n_curve, minimum=2))
 
+    def method_options(self, seed: int) -> dict[str, Any]:
+        return {**super().method_options(seed), "time_grid": self.time_grid, "solver_method": "euler",
+                "solver_steps": self.solver_steps}
+
     def key_for(self, method: str) -> dict[str, Any]:
         d = super().key_for(method)
         if method != "gft-drift":
@@ -672,13 +676,8 @@ def _finetune_uncached(task: ImageTask, method: str, seed: int, config: ImageFin
                       progress=False)
     run = run_method(method, target_data=task.target_train(), pretrained_model=pretrained,
                      new_model=lambda: task.build_model(seed=seed), evaluate=_curve_evaluator(task, config, device),
-                     eval_key="curve_sw", train_config=cfg, device=device,
-                     batch_size=config.batch_size, steps=config.steps, beta0=config.beta0,
-                     schedule_kind=config.schedule_kind, schedule_options=dict(config.schedule_options),
-                     target_coupling=config.target_coupling, cache_size=config.cache_size,
-                     n_trajectories=config.n_trajectories, time_grid=config.time_grid,
-                     solver_method="euler", solver_steps=config.solver_steps,
-                     chunk_size=task.eval_chunk, seed=seed)
+                     eval_key="curve_sw", train_config=cfg, device=device, chunk_size=task.eval_chunk,
+                     **config.method_options(seed))
     evals, logs, col = run.evals, run.logs, run.column
     return ImageRun(
         method=method, seed=seed, eval_steps=col(evals, "step", np.int64), curve_sw=col(evals, "curve_sw"),
