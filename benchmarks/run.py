@@ -393,8 +393,8 @@ def bench_ot(p: dict[str, Any], device: torch.device) -> dict[str, Any]:
         out[key] = {"batch": n, "shape": list(shape), "ours_median_s": statistics.median(ours),
                     "ours_times_s": ours, "ours_peak_memory_mb": ours_mem,
                     "torchcfm_median_s": statistics.median(theirs), "torchcfm_times_s": theirs}
-    out["description"] = ("exact OT on CPU float32 inputs: gftlib.couplings.ot_permutation (float64 GEMM-form "
-                          "cost of centred inputs + scipy linear_sum_assignment) vs torchcfm "
+    out["description"] = ("exact OT on CPU float32 inputs: gftlib.couplings.ot_permutation (float64 "
+                          "GEMM-form cost of centred inputs + scipy linear_sum_assignment) vs torchcfm "
                           "OTPlanSampler('exact').sample_plan (cdist + POT emd + np.random.choice)")
     return out
 
@@ -555,7 +555,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"OT share of a step at batch {c['batch']}: {rat['ot_share_of_cfm_fp32_step']:.1%} of the plain fp32 "
         f"CFM step (synchronous); {rat['ot_share_of_cfm_fast_step_prefetched']:.1%} left on the critical "
-        f"path when prefetched (median wait for the background solve over the median step). A synchronous OT at batch {ot['batch128_step_shape']['batch']} would take "
+        "path when prefetched (median wait for the background solve over the median step). A synchronous "
+        f"OT at batch {ot['batch128_step_shape']['batch']} would take "
         f"{rat['ot_share_estimate_batch128']:.1%} of a step (estimate from the per-sample step cost).",
         "",
         f"OT left on the critical path at batch {big['samples_per_step']} (prefetched; median wait for the "

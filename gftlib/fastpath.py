@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from gftlib.samplers import EVALS_PER_STEP, FIXED_STEP_METHODS, sample_ode
 from gftlib.types import VelocityField
-from gftlib.validation import check_choice, check_positive_int, resolve_device
+from gftlib.validation import check_bool, check_choice, check_positive_int, resolve_device
 
 __all__ = ["ChannelsLastInput", "BatchedSamples", "sample_batched", "fast_settings", "autocast_context",
            "SAMPLING_AMP_MODES"]
@@ -149,8 +149,7 @@ def sample_batched(
             f"got nfe={nfe}")
     batch_size = n if batch_size is None else check_positive_int("batch_size", batch_size)
     check_choice("amp", amp, SAMPLING_AMP_MODES)
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
+    check_bool("channels_last", channels_last)
     dev = resolve_device(device)
     if generator is None:
         generator = torch.Generator().manual_seed(0)

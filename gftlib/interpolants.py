@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gftlib.validation import check_finite_number, check_same_shape, check_tensor
+from gftlib.validation import check_bool, check_finite_number, check_same_shape, check_tensor
 
 __all__ = ["PathSample", "Interpolant"]
 
@@ -191,8 +191,7 @@ class Interpolant:
         variance still grows like 1 / (t (1 - t)) near the ends, so t_eps ~ 1e-3 is advisable.
         """
         g = self._check_diffusion(diffusion)
-        if not isinstance(check_values, bool):
-            raise TypeError(f"check_values must be True or False, got {check_values!r}")
+        check_bool("check_values", check_values)
         self._check_pair(x0, x1, values=check_values)
         n = x0.shape[0]
         drawn = t is None

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from gftlib.interpolants import PathSample
 from gftlib.types import VelocityField
-from gftlib.validation import check_finite_number, check_tensor
+from gftlib.validation import check_bool, check_finite_number, check_tensor
 
 __all__ = ["DriftBatch", "LossTerms", "regression_loss", "cfm_loss", "gft_loss"]
 
@@ -97,11 +97,6 @@ def _weighted_errors(pred: Tensor, target: Tensor, w: Tensor | None) -> Tensor:
     return err if w is None else err * w.to(err.dtype)
 
 
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-
-
 def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
                     weight: Tensor | TimeWeight | None = None, *, check_values: bool = True) -> Tensor:
     """mean_i [ w_i * sum_{dims} (model(x, t)_i - target_i)^2 ]  (scalar).
@@ -111,7 +106,7 @@ def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
     >= 0), which read values back to the host (a device synchronisation on GPUs); shapes and types
     are still checked. Meant for batches the library drew itself (see gftlib.objectives).
     """
-    _check_flag("check_values", check_values)
+    check_bool("check_values", check_values)
     w = _checked_inputs(x, t, target, weight, check_values)
     pred = model(x, t)
     _check_output(pred, target, x)
@@ -174,8 +169,8 @@ def gft_loss(model: VelocityField, target_path: PathSample, beta: float,
     sample depends on the rest of the batch (e.g. BatchNorm in training mode).
     """
     b = check_finite_number("beta", beta, minimum=0.0)
-    _check_flag("normalize", normalize)
-    _check_flag("fused", fused)
+    check_bool("normalize", normalize)
+    check_bool("fused", fused)
     if weight is not None and (isinstance(weight, Tensor) or not callable(weight)):
         raise TypeError(
             "weight for gft_loss must be a callable w(t) -> (n,) so that both terms use the same time "
@@ -189,8 +184,8 @@ def gft_loss(model: VelocityField, target_path: PathSample, beta: float,
         raise ValueError(f"beta={b:g} > 0 needs a pretrained batch (PathSample or DriftBatch), got None")
     if not isinstance(target_path, PathSample):
         raise TypeError(f"path must be a PathSample, got {type(target_path).__name__}")
-    if b > 0 and fused and _fusable(_inputs(target_path), _inputs(pretrained)):
-        target, pre = _fused_terms(model, _inputs(target_path), _inputs(pretrained), weight, check_values)
+    if b > 0 and fused and _fusable(first := _inputs(target_path), second := _inputs(pretrained)):
+        target, pre = _fused_terms(model, first, second, weight, check_values)
     else:
         target = cfm_loss(model, target_path, weight, check_values=check_values)
         if pretrained is None:

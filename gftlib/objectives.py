@@ -48,6 +48,7 @@ from gftlib.losses import DriftBatch, LossTerms, gft_loss
 from gftlib.samplers import ODE_METHODS, sample_ode, sample_sde
 from gftlib.types import VelocityField
 from gftlib.validation import (
+    check_bool,
     check_choice,
     check_finite_number,
     check_positive_int,
@@ -417,9 +418,7 @@ class FlowMatchingObjective:
             _check_time_weight(time_weight, interpolant, target_data)
         self.time_weight = time_weight
         self.normalize = bool(normalize)
-        if not isinstance(fused_forward, bool):
-            raise TypeError(f"fused_forward must be True or False, got {fused_forward!r}")
-        self.fused_forward = fused_forward
+        self.fused_forward = check_bool("fused_forward", fused_forward)
 
     # -- DDP
     def set_rank(self, rank: int, world_size: int) -> None:
@@ -802,6 +801,8 @@ class PretrainedDriftCache(_PretrainedCache):
         t_eps = check_finite_number("t_eps", t_eps, minimum=0.0)
         if not t_eps < 0.5:
             raise ValueError(f"t_eps must be a finite number >= 0 and < 0.5, got {t_eps!r}")
+        self.jitter = check_bool("jitter", jitter)
+        self.t_eps = t_eps
         if isinstance(time_grid, Tensor) or isinstance(time_grid, (list, tuple)):
             grid = torch.as_tensor(time_grid, dtype=torch.float64).reshape(-1)
             if grid.numel() == 0 or not bool(torch.isfinite(grid).all()):
@@ -810,21 +811,24 @@ class PretrainedDriftCache(_PretrainedCache):
                 raise ValueError(f"time_grid times must lie in [0, 1], got {grid.tolist()}")
             if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
                 raise ValueError(f"time_grid must be strictly increasing, got {grid.tolist()}")
-            if jitter is True:
-                raise ValueError("jitter=True needs an int time_grid (a number of strata), got explicit times")
+            if jitter:
+                raise ValueError(
+                    "jitter=True needs an int time_grid (a number of strata), got explicit times")
         else:
             n_times = check_positive_int("time_grid", time_grid)
-            grid = t_eps + (1 - 2 * t_eps) * (torch.arange(n_times, dtype=torch.float64) + 0.5) / n_times
-        if not isinstance(jitter, bool):
-            raise TypeError(f"jitter must be True or False, got {jitter!r}")
-        self.jitter = jitter
-        self.t_eps = t_eps
+            grid = self._strata_times(torch.full((n_times,), 0.5, dtype=torch.float64))
         self.times = grid  # with jitter: the stratum midpoints until the first build
         self._set_solver(solver_method, solver_steps, atol, rtol)
         self.diffusion = _check_diffusion(diffusion, None)
         self._x: Tensor | None = None
         self._t: Tensor | None = None
         self._b: Tensor | None = None
+
+    def _strata_times(self, offsets: Tensor) -> Tensor:
+        """t_k = t_eps + (1 - 2 t_eps) (k + offsets[k]) / G for offsets (G,) in [0, 1) (0.5: midpoints)."""
+        n_times = offsets.numel()
+        span = 1 - 2 * self.t_eps
+        return self.t_eps + span * (torch.arange(n_times, dtype=torch.float64) + offsets) / n_times
 
     @property
     def size(self) -> int:
@@ -836,7 +840,7 @@ class PretrainedDriftCache(_PretrainedCache):
         if self.jitter:
             u = torch.rand(n_times, dtype=torch.float64,
                            generator=torch.Generator().manual_seed(_mix_seed(self.seed, generation, 2)))
-            self.times = self.t_eps + (1 - 2 * self.t_eps) * (torch.arange(n_times, dtype=torch.float64) + u) / n_times
+            self.times = self._strata_times(u)
         noise_gen = None
         if self.diffusion > 0:
             noise_gen = torch.Generator(device=self.device)

@@ -57,7 +57,13 @@ from gftlib.checkpoint import (
 )
 from gftlib.fastpath import ChannelsLastInput
 from gftlib.models import to_fast_layout
-from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
+from gftlib.validation import (
+    check_bool,
+    check_choice,
+    check_finite_number,
+    check_positive_int,
+    resolve_device,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "AMP_MODES", "RESULT_FIELDS"]
 
@@ -147,8 +153,7 @@ class TrainConfig:
         put("device", str(self.device))
         check_choice("amp", self.amp, AMP_MODES)
         for name in ("ema_warmup", "compile", "progress", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_bool",
     "check_finite_number",
     "check_positive_int",
     "check_choice",
@@ -57,6 +58,13 @@ def check_finite_number(
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     if maximum is not None and (value >= maximum if strict else value > maximum):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` after checking it is ``True`` or ``False`` (not 0/1 or another truthy value)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
 
 

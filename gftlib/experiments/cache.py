@@ -33,7 +33,7 @@ def _code_digest(modules: Iterable[str]) -> str:
     root = repo_root() / "gftlib"
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if any(m == "*" or rel == m or rel.startswith(m.rstrip("/") + "/") or rel == m + ".py" for m in modules):
+        if any(m == "*" or rel in (m, m + ".py") or rel.startswith(m.rstrip("/") + "/") for m in modules):
             h.update(rel.encode())
             h.update(path.read_bytes())
     return h.hexdigest()

@@ -56,7 +56,9 @@ from gftlib.validation import (
 
 SCHEDULE_OPTIONS: tuple[str, ...] = ("beta_final", "rate", "n_stages", "values")
 
-__all__ = ["MethodRun", "run_method", "check_schedule_options", "check_methods", "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+__all__ = ["MethodRun", "run_method", "check_schedule_options", "check_methods", "METHODS",
+           "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+
 
 def check_schedule_options(options: Mapping[str, Any]) -> None:
     """Reject option names that no cooling schedule takes (before make_schedule's raw TypeError)."""

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.data import DISTRIBUTIONS_2D, make_2d
-from gftlib.experiments.cache import ALL_MODULES, cached_torch
+from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, check_methods, check_schedule_options, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
@@ -120,9 +120,8 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "n_trajectories": 1024, "dopri_fractions": (0.0, 0.25, 0.5, 0.75, 1.0), "n_repeats": 30},
 }
 
-# Cache keys cover the source of the whole package: the runs pass through models, objectives,
-# samplers, metrics and features, and an edit anywhere must not leave a stale entry.
-_CACHE_MODULES: tuple[str, ...] = ALL_MODULES
+# Cache keys (gftlib.experiments.cache.cached_torch) cover the source of the whole package by default:
+# the runs pass through models, objectives, samplers, metrics and features.
 
 # Independent random streams of a task (one generator per role, seeded from (seed, role)).
 _ROLES = {"source": 0, "target_pool": 1, "heldout": 2, "eval_noise": 3, "floor": 4, "source_heldout": 5,
@@ -274,11 +273,14 @@ class FinetuneConfig:
         put("beta0", check_finite_number("beta0", self.beta0, minimum=0.0))
         kind = check_choice("schedule_kind", self.schedule_kind, tuple(k for k in SCHEDULES if k != "custom"))
         put("schedule_kind", kind)
-        try:
-            opts = dict(self.schedule_options) if self.schedule_options else default_schedule_options(kind)
-        except (TypeError, ValueError) as err:
-            raise TypeError("schedule_options must be (name, value) pairs or a dict, got "
-                            f"{self.schedule_options!r}") from err
+        if self.schedule_options:
+            try:
+                opts = dict(self.schedule_options)
+            except (TypeError, ValueError) as err:
+                raise TypeError("schedule_options must be (name, value) pairs or a dict, got "
+                                f"{self.schedule_options!r}") from err
+        else:
+            opts = default_schedule_options(kind)
         check_schedule_options(opts)
         put("schedule_options", tuple(sorted(opts.items())))
         self.schedule()  # validates beta0, kind and options with the library's messages
@@ -391,7 +393,7 @@ def pretrain(task: Task2D, *, device: str | torch.device = "cpu") -> nn.Module:
 
     key = {"kind": "tasks2d-pretrain", "task": task.pretrain_key(), "device": dev.type}
     with _single_thread():
-        state = cached_torch("tasks2d-pretrain", key, build, modules=_CACHE_MODULES)
+        state = cached_torch("tasks2d-pretrain", key, build)
     return load_model(task, state["ema"])
 
 
@@ -505,8 +507,7 @@ def finetune(task: Task2D, method: str, seed: int, config: FinetuneConfig, *,
            "config": config.key_for(method), "device": dev.type}
     with _single_thread():
         return cached_torch(f"tasks2d-{method}", key,
-                            lambda: _finetune_uncached(task, method, seed, config, dev),
-                            modules=_CACHE_MODULES)
+                            lambda: _finetune_uncached(task, method, seed, config, dev))
 
 
 def run_methods(task: Task2D, methods: Sequence[str], seeds: Sequence[int], config: FinetuneConfig, *,
@@ -584,7 +585,7 @@ def reference_distances(task: Task2D, pretrained: nn.Module, *, n_repeats: int =
 
     key = {"kind": "tasks2d-reference", "task": task.as_dict(), "n_repeats": n_repeats, "device": dev.type}
     with _single_thread():
-        return cached_torch("tasks2d-reference", key, build, modules=_CACHE_MODULES)
+        return cached_torch("tasks2d-reference", key, build)
 
 
 def max_upward_jump(curve: Sequence[float]) -> float:

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.data import image_patches, load_image_dataset
-from gftlib.experiments.cache import ALL_MODULES, cached_torch
+from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, check_methods, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks2d import FinetuneConfig
@@ -152,9 +152,8 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "n_projections": 512, "amp": "bf16", "eval_chunk": 500},
 }
 
-# Cache keys cover the source of the whole package: the runs pass through models, objectives,
-# samplers, metrics and features, and an edit anywhere must not leave a stale entry.
-_CACHE_MODULES: tuple[str, ...] = ALL_MODULES
+# Cache keys (gftlib.experiments.cache.cached_torch) cover the source of the whole package by default:
+# the runs pass through models, objectives, samplers, metrics and features.
 
 # Independent random streams (one integer seed per role, from (seed, role, index)).
 _ROLES = {"source": 0, "source_ref": 1, "target_train": 2, "target_heldout": 3, "target_null": 4,
@@ -557,7 +556,7 @@ def pretrain(task: ImageTask, *, device: str | torch.device = "cpu") -> nn.Modul
                 "history": res.history}
 
     key = {"kind": "tasks-images-pretrain", "task": task.pretrain_key(), "device": dev.type}
-    state = cached_torch("tasks-images-pretrain", key, build, modules=_CACHE_MODULES)
+    state = cached_torch("tasks-images-pretrain", key, build)
     return _load_model(task, state["ema"])
 
 
@@ -630,8 +629,7 @@ def generate_pretrained(task: ImageTask, *, device: str | torch.device = "cpu") 
     dev = resolve_device(device)
     key = {"kind": "tasks-images-pretrained-eval", "task": task.as_dict(), "device": dev.type}
     return cached_torch("tasks-images-pretrained-eval", key,
-                        lambda: generate(task, pretrain(task, device=dev), device=dev),
-                        modules=_CACHE_MODULES)
+                        lambda: generate(task, pretrain(task, device=dev), device=dev))
 
 
 @dataclass(frozen=True)
@@ -675,7 +673,8 @@ def _finetune_uncached(task: ImageTask, method: str, seed: int, config: ImageFin
                       amp=config.amp, eval_every=config.eval_every, log_every=max(1, config.steps // 40),
                       progress=False)
     run = run_method(method, target_data=task.target_train(), pretrained_model=pretrained,
-                     new_model=lambda: task.build_model(seed=seed), evaluate=_curve_evaluator(task, config, device),
+                     new_model=lambda: task.build_model(seed=seed),
+                     evaluate=_curve_evaluator(task, config, device),
                      eval_key="curve_sw", train_config=cfg, device=device, chunk_size=task.eval_chunk,
                      **config.method_options(seed))
     evals, logs, col = run.evals, run.logs, run.column
@@ -710,7 +709,7 @@ def finetune(task: ImageTask, method: str, seed: int, config: ImageFinetuneConfi
     key = {"kind": "tasks-images-finetune", "task": task_key, "method": method, "seed": seed,
            "config": config.key_for(method), "device": dev.type}
     return cached_torch(f"tasks-images-{method}", key,
-                        lambda: _finetune_uncached(task, method, seed, config, dev), modules=_CACHE_MODULES)
+                        lambda: _finetune_uncached(task, method, seed, config, dev))
 
 
 def run_methods(task: ImageTask, methods: Sequence[str], seeds: Sequence[int], config: ImageFinetuneConfig, *,
