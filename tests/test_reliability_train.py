@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -179,7 +177,12 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_resumes_bit_exactly_after_sigkill(tmp_path):
+@pytest.mark.parametrize("kill_step, when, resumes_from", [(60, "after", 60), (125, "during", 120)],
+                         ids=["after-checkpoint", "mid-write"])
+def test_cli_resumes_bit_exactly_after_sigkill(tmp_path, kill_step, when, resumes_from):
+    """SIGKILL at a step the test chooses: the child blocks on a pipe we hold (tests/blocking_cli.py),
+    so the kill lands exactly there on any machine; "mid-write" kills it with a half-written
+    temporary checkpoint on disk. Rerunning the same command must give bit-identical weights."""
     common = ["--task", "2d", "--method", "scratch", "--steps", "200", "--batch-size", "128", "--seed", "3",
               "--hidden", "64", "--device", "cpu", "--no-progress", "--log-every", "40",
               "--n-data", "1024", "--warmup-steps", "10"]
@@ -187,27 +190,28 @@ def test_cli_resumes_bit_exactly_after_sigkill(tmp_path):
     resumable = [*common, "--checkpoint-dir", str(ck), "--checkpoint-every", "5", "--out", str(out)]
     ref = subprocess.Popen(_cli(*common, "--out", str(ref_out)), env=_env(), cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_cli(*resumable), env=_env(), cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while C.latest_checkpoint(ck) is None:
-        assert victim.poll() is None, f"training died early: {victim.stderr.read()}"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    time.sleep(random.Random().uniform(0.0, 0.5))  # a random step, possibly mid-write
+    victim = subprocess.Popen([sys.executable, str(TESTS / "blocking_cli.py"), str(kill_step), when, "--",
+                               *resumable], env=_env(), cwd=tmp_path, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = victim.stdout.readline()  # returns when the child blocks (or dies: then the line is empty)
+    assert line.strip() == f"BLOCKED {kill_step}", f"child did not block: {line!r} {victim.stderr.read()}"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    victim.stdin.close()
     assert victim.returncode == -signal.SIGKILL, victim.returncode
-    killed_at = C.load_checkpoint(C.latest_checkpoint(ck))["step"]
-    assert 5 <= killed_at < 200, f"the run was not interrupted (latest checkpoint {killed_at})"
+    on_disk = [p.name for p in ck.iterdir()]
+    assert C.load_checkpoint(C.latest_checkpoint(ck))["step"] == resumes_from
+    if when == "during":  # the half-written file exists only under its temporary name
+        assert any(name.startswith(f".ckpt_{kill_step:08d}.pt.") for name in on_disk), on_disk
+        assert f"ckpt_{kill_step:08d}.pt" not in on_disk
     assert not out.exists()
 
     done = subprocess.run(_cli(*resumable), env=_env(), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["resumed_from"] is not None and summary["resumed_from"] >= killed_at
-    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    assert summary["resumed_from"] == resumes_from
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
     a = torch.load(out, weights_only=True)
     b = torch.load(ref_out, weights_only=True)
     assert _equal_states(a["model"], b["model"]), "resumed weights differ from the uninterrupted run"
