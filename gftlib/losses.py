@@ -16,6 +16,7 @@ the same time weighting for both terms, so :func:`gft_loss` takes ``weight`` as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,12 @@ from gftlib.interpolants import PathSample
 from gftlib.types import VelocityField
 from gftlib.validation import check_bool, check_finite_number, check_tensor
 
-__all__ = ["DriftBatch", "LossTerms", "regression_loss", "cfm_loss", "gft_loss"]
+__all__ = ["DriftBatch", "LossTerms", "regression_loss", "cfm_loss", "gft_loss", "LOSS_REDUCTIONS",
+           "ElementMean"]
+
+#: "sum": squared error summed over a sample's dimensions (gftlib's default); "mean": averaged over
+#: them too, i.e. over all elements of the batch (torchcfm's ``torch.mean((vt - ut) ** 2)``).
+LOSS_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 
 TimeWeight = Callable[[Tensor], Tensor]
 
@@ -52,6 +58,25 @@ class LossTerms:
     target: Tensor
     pretrained: Tensor
     beta: float
+
+
+class ElementMean:
+    """Time weight w(t) = 1 / D for samples of ``shape`` (D = prod(shape)): with it every loss here
+    is the mean squared error over all elements (torchcfm's reduction) instead of the per-sample sum
+    over dimensions, so gradients scale by exactly 1 / D (1 / 3072 at 3 x 32 x 32). Pass it as
+    ``time_weight`` to the objectives (it weights both GFT terms alike, as T2 needs)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        dims = tuple(int(d) for d in shape)
+        if not dims or any(d < 1 for d in dims):
+            raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
+        self.shape, self.scale = dims, 1.0 / math.prod(dims)
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return torch.full_like(t, self.scale)
+
+    def __repr__(self) -> str:
+        return f"ElementMean(shape={self.shape})"
 
 
 def _resolve_weight(weight: Tensor | TimeWeight | None, t: Tensor, n: int, values: bool = True
