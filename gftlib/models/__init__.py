@@ -2,6 +2,8 @@
 
 ``MLPVelocity`` for vectors ``(n, d)``, ``UNetVelocity`` for images ``(n, C, H, W)``; named UNet
 presets via :func:`unet_config`; :func:`build_model` builds either from a plain config dict.
+Models from other libraries: :func:`load_torchcfm` / :func:`save_torchcfm` (torchcfm checkpoints),
+:func:`flow_matching_velocity` (Meta flow_matching) and :class:`VelocityAdapter` (any module).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from gftlib.models.adapters import ADAPTER_SIGNATURES, ADAPTER_TIME_SHAPES, VelocityAdapter, flow_matching_velocity
 from gftlib.models.embeddings import SinusoidalTimeEmbedding, sinusoidal_embedding
 from gftlib.models.mlp import ACTIVATIONS, MLPVelocity
+from gftlib.models.torchcfm import (TORCHCFM_CIFAR10, TorchCFMVelocity, load_torchcfm, save_torchcfm,
+                                   torchcfm_state_dict)
 from gftlib.models.unet import UNET_CONFIGS, UNetVelocity, group_count, to_fast_layout, unet_config
 from gftlib.validation import check_choice
 
@@ -30,6 +35,15 @@ __all__ = [
     "count_parameters",
     "group_count",
     "to_fast_layout",
+    "TORCHCFM_CIFAR10",
+    "TorchCFMVelocity",
+    "load_torchcfm",
+    "save_torchcfm",
+    "torchcfm_state_dict",
+    "VelocityAdapter",
+    "flow_matching_velocity",
+    "ADAPTER_SIGNATURES",
+    "ADAPTER_TIME_SHAPES",
 ]
 
 _KINDS: dict[str, type[nn.Module]] = {"mlp": MLPVelocity, "unet": UNetVelocity}
