@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="reference data SPEC (see `gft --help`)")
     p.add_argument("--metrics", default="fd,path_length,nfe,w2", help="comma-separated subset of " + ",".join(METRICS))
     p.add_argument("--out", required=True, help="metrics file (.json)")
-    p.add_argument("--n", type=common.positive_int, default=1000, help="generated samples (default 1000)")
+    p.add_argument("--n", "--num-samples", dest="n", type=common.positive_int, default=1000,
+                   help="generated samples (default 1000; under torchrun write --num-samples)")
     p.add_argument("--n-ref", type=common.positive_int, default=1000, help="reference samples (default 1000)")
     p.add_argument("--nfe", type=common.positive_int, default=32, help="solver steps (default 32)")
     p.add_argument("--solver", choices=common.SOLVERS, default="euler")

@@ -28,7 +28,8 @@ __all__ = ["add_arguments", "load_for_sampling", "to_uint8", "write_grid", "run"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="weights file, torchcfm:PATH, or mlp | unet:NAME (random)")
-    p.add_argument("--n", type=common.positive_int, required=True, help="number of samples")
+    p.add_argument("--n", "--num-samples", dest="n", type=common.positive_int, required=True,
+                   help="number of samples (under torchrun write --num-samples: torchrun takes --n for itself)")
     p.add_argument("--nfe", type=common.positive_int, required=True,
                    help="solver steps (euler: NFE = steps; midpoint 2x, rk4 4x; dopri5: adaptive, ignored)")
     p.add_argument("--solver", choices=common.SOLVERS, default="euler")

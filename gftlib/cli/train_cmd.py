@@ -174,6 +174,11 @@ def run(args: argparse.Namespace, *, finetune: bool) -> int:
     ctx = D.init_from_env(args.device)
     try:
         model, pretrained, model_spec, size = _networks(args, spec, data, finetune)
+        if data.is_2d != (model_spec["kind"] == "mlp"):
+            option = "--pretrained" if finetune else "--model"
+            raise CLIError(option, str(spec), f"a {'2-D (mlp)' if data.is_2d else 'image'} network for --data "
+                           f"{data} (this one is a {model_spec['kind']} for samples of shape "
+                           f"{weights.sample_shape(model_spec)})")
         if args.torchcfm_out is not None and model_spec["kind"] != "torchcfm":
             raise CLIError("--torchcfm-out", args.torchcfm_out, _TORCHCFM_ONLY)
         target = load_data(data, n=args.n_data, image_size=size, split=resolve_split(data, args.split, role="train"),
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace, *, finetune: bool) -> int:
             if args.torchcfm_out is not None:
                 from gftlib.models import save_torchcfm
 
-                save_torchcfm(result.ema_model, args.torchcfm_out, raw_model=result.model)
+                save_torchcfm(result.model, args.torchcfm_out, ema_model=result.ema_model, step=args.steps)
             if args.history is not None:
                 from gftlib.io import atomic_write_json
 

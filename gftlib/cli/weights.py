@@ -19,14 +19,10 @@ from torch import nn
 from gftlib.cli.specs import CLIError, ModelSpec
 from gftlib.io import atomic_torch_save
 
-__all__ = ["WEIGHTS_FORMAT", "TORCHCFM_CIFAR10", "LoadedModel", "build", "fresh_spec", "load", "save",
+__all__ = ["WEIGHTS_FORMAT", "LoadedModel", "build", "fresh_spec", "load", "save",
            "sample_shape"]
 
 WEIGHTS_FORMAT = "gftlib-weights-v1"
-#: torchcfm's CIFAR-10 OT-CFM UNetModelWrapper (examples/images/cifar10/train_cifar10.py).
-TORCHCFM_CIFAR10: dict[str, Any] = dict(dim=[3, 32, 32], num_channels=128, num_res_blocks=2,
-                                        channel_mult=[1, 2, 2, 2], num_heads=4, num_head_channels=64,
-                                        attention_resolutions="16", dropout=0.1)
 
 
 class LoadedModel:
@@ -52,9 +48,9 @@ def sample_shape(model_spec: dict[str, Any]) -> tuple[int, ...]:
 
 
 def _torchcfm_build(config: dict[str, Any]) -> nn.Module:
-    from gftlib.models import torchcfm_network  # provided by the library (byolib)
+    from gftlib.models.torchcfm import TorchCFMVelocity
 
-    return torchcfm_network(**config)
+    return TorchCFMVelocity(**config)
 
 
 def build(model_spec: dict[str, Any], *, seed: int | None = None) -> nn.Module:
@@ -105,14 +101,13 @@ def _legacy_spec(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_torchcfm(option: str, path: str, image_size: int | None, ema: bool) -> LoadedModel:
-    from gftlib.models import load_torchcfm
+    from gftlib.models.torchcfm import TORCHCFM_CIFAR10, load_torchcfm
 
-    config = dict(TORCHCFM_CIFAR10)
-    if image_size is not None:
-        config["dim"] = [3, int(image_size), int(image_size)]
+    config = dict(TORCHCFM_CIFAR10)  # torchcfm's CIFAR-10 OT-CFM architecture; any image side works
+    config["dim"] = [3, int(image_size or 32), int(image_size or 32)]
     try:
         model = load_torchcfm(path, ema=ema, **config)
-    except (KeyError, RuntimeError, ValueError) as err:
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
         raise CLIError(option, f"torchcfm:{path}", "a torchcfm release checkpoint (dict with net_model and "
                        f"ema_model state dicts of the CIFAR-10 UNetModelWrapper): {err}") from None
     return LoadedModel(model, {"kind": "torchcfm", "config": config}, None)
@@ -146,7 +141,7 @@ def save(path: str | Path, *, model: nn.Module, ema_model: nn.Module, model_spec
     payload: dict[str, Any] = {"format": WEIGHTS_FORMAT, "model": model.state_dict(),
                                "ema": ema_model.state_dict(), "model_spec": model_spec, **extra}
     if model_spec["kind"] == "torchcfm":
-        from gftlib.models import torchcfm_state_dict
+        from gftlib.models.torchcfm import torchcfm_state_dict
 
         payload["net_model"] = torchcfm_state_dict(model)
         payload["ema_model"] = torchcfm_state_dict(ema_model)
