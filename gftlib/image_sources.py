@@ -113,27 +113,40 @@ class ImageSource(Dataset):
     """
 
     def __init__(self, kind: str, split: str, image_size: int, directory: Path, keys: list[str], *,
-                 files: list[Path] | None = None, array: Any = None, rows: list[int] | None = None,
+                 files: bool = False, array: Any = None, rows: list[int] | None = None,
                  labels: Any = None, metadata: Any = None) -> None:
         self.kind, self.split, self.image_size, self.directory = kind, split, image_size, directory
-        self.keys = keys
-        self._files, self._array, self._rows = files, array, rows
+        # keys as one bytes array, not a list of str/Path: compact for 455k files, and DataLoader
+        # workers (fork) do not copy pages by touching Python refcounts
+        self._keys = np.array([k.encode() for k in keys], dtype=bytes)
+        self._files, self._array = files, array
+        self._rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.metadata = metadata
         if len(keys) == 0:
             raise ValueError(f"{kind} data at {directory}: split {split!r} selects no images")
-        if files is not None:  # fail at once on a wrong layout: the first files must exist
-            for f in files[:8]:
+        if files:  # fail at once on a wrong layout: the first files must exist
+            for i in range(min(8, len(keys))):
+                f = self.path(i)
                 if not f.is_file():
                     raise FileNotFoundError(f"image file not found: {f} (expected by the {kind} layout "
                                             f"under {directory})")
 
+    @property
+    def keys(self) -> list[str]:
+        """Relative file paths (folder, WILDS) or row indices (arrays) of the items, in order."""
+        return [k.decode() for k in self._keys]
+
+    def path(self, i: int) -> Path:
+        """The file of item ``i`` (folder and WILDS sources)."""
+        return self.directory / self._keys[i].decode()
+
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._keys)
 
     def __getitem__(self, i: int) -> Tensor:
-        if self._files is not None:
-            return to_model_range(_read_file(self._files[i]), self.image_size)
+        if self._files:
+            return to_model_range(_read_file(self.path(i)), self.image_size)
         return to_model_range(np.asarray(self._array[self._rows[i]]), self.image_size)
 
     def __repr__(self) -> str:
@@ -151,7 +164,7 @@ def _open_folder(root: Path, split: str, size: int, seed: int, fraction: float) 
                                 f"{', '.join(IMAGE_EXTENSIONS)}, case-insensitive, in any subfolder)")
     rel = [p.relative_to(root).as_posix() for p in files]
     keep = _hash_select(rel, split, seed, fraction)
-    return ImageSource("folder", split, size, root, [rel[i] for i in keep], files=[files[i] for i in keep])
+    return ImageSource("folder", split, size, root, [rel[i] for i in keep], files=True)
 
 
 def _load_array(path: Path, key: str | None) -> np.ndarray:
@@ -253,8 +266,7 @@ def open_image_source(kind: str, root: str | Path, *, split: str = "train", imag
     if kind == "cifar10":
         return _open_cifar10(root, split, size)
     table = read_wilds(kind[len("wilds-"):], root, split=split, where=where)
-    files = [table.directory / f for f in table.files]
-    return ImageSource(kind, split, size, table.directory, list(table.files), files=files,
+    return ImageSource(kind, split, size, table.directory, list(table.files), files=True,
                        labels=table.labels, metadata=table.rows)
 
 
