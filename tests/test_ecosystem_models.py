@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gftlib.models import (TORCHCFM_CIFAR10, TorchCFMVelocity, VelocityAdapter, count_parameters,
+from gftlib.models import (TORCHCFM_CIFAR10, TorchCFMVelocity, VelocityAdapter, build_model, count_parameters,
                            flow_matching_velocity, load_torchcfm, save_torchcfm)
 
 UNetModelWrapper = pytest.importorskip("torchcfm.models.unet.unet").UNetModelWrapper
@@ -79,6 +79,15 @@ def test_torchcfm_small_config_and_state_dict_input(tmp_path, single_thread):
     with torch.no_grad():
         assert _rel(model(x, t), ref(t, x)) <= 1e-5
         assert torch.equal(model(x, torch.tensor(0.5)), model(x, torch.full((2,), 0.5)))
+
+
+def test_build_model_torchcfm_kind():
+    a = build_model("torchcfm", seed=3, **SMALL)
+    b = build_model("torchcfm", seed=3, **a.config)  # model.config rebuilds it
+    assert isinstance(a, TorchCFMVelocity) and a.config["dim"] == (1, 16, 16)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(TypeError, match="unknown torchcfm model argument"):
+        build_model("torchcfm", image_size=32)
 
 
 def test_torchcfm_bad_inputs(tmp_path):
