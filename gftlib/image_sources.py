@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gftlib.validation import check_choice, check_finite_number, check_positive_int
+from gftlib.validation import check_bool, check_choice, check_finite_number, check_positive_int
 from gftlib.wilds_sources import read_wilds
 
 __all__ = ["IMAGE_SOURCE_KINDS", "IMAGE_EXTENSIONS", "ImageSource", "open_image_source", "open_image_spec",
@@ -107,15 +107,18 @@ def _hash_select(keys: list[str], split: str, seed: int, fraction: float) -> lis
 class ImageSource(Dataset):
     """A map-style data set of images ``ds[i] -> (3, S, S)`` float32 in [-1, 1].
 
-    Attributes: ``kind``, ``split``, ``image_size``, ``directory`` (resolved data folder),
+    ``hflip``: flip left-right with probability 1/2 per access (training augmentation, as torchcfm's
+    CIFAR-10 recipe), drawn from torch's RNG, which a DataLoader seeds in each worker from its
+    generator. Attributes: ``kind``, ``split``, ``image_size``, ``directory`` (resolved data folder),
     ``labels`` ((n,) int64 tensor or None), ``metadata`` (WILDS: a pandas DataFrame of the selected
     metadata rows as strings; else None), ``keys`` (relative file paths or row indices, in order).
     """
 
     def __init__(self, kind: str, split: str, image_size: int, directory: Path, keys: list[str], *,
                  files: bool = False, array: Any = None, rows: list[int] | None = None,
-                 labels: Any = None, metadata: Any = None) -> None:
+                 labels: Any = None, metadata: Any = None, hflip: bool = False) -> None:
         self.kind, self.split, self.image_size, self.directory = kind, split, image_size, directory
+        self.hflip = hflip
         # keys as one bytes array, not a list of str/Path: compact for 455k files, and DataLoader
         # workers (fork) do not copy pages by touching Python refcounts
         self._keys = np.array([k.encode() for k in keys], dtype=bytes)
@@ -146,8 +149,12 @@ class ImageSource(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         if self._files:
-            return to_model_range(_read_file(self.path(i)), self.image_size)
-        return to_model_range(np.asarray(self._array[self._rows[i]]), self.image_size)
+            x = to_model_range(_read_file(self.path(i)), self.image_size)
+        else:
+            x = to_model_range(np.asarray(self._array[self._rows[i]]), self.image_size)
+        if self.hflip and bool(torch.rand(()) < 0.5):  # torch's RNG: seeded per DataLoader worker
+            x = x.flip(-1)
+        return x
 
     def __repr__(self) -> str:
         return (f"ImageSource(kind={self.kind!r}, split={self.split!r}, n={len(self)}, "
@@ -235,14 +242,14 @@ def _open_cifar10(root: Path, split: str, size: int) -> ImageSource:
 
 def open_image_source(kind: str, root: str | Path, *, split: str = "train", image_size: int = 32,
                       seed: int = 0, heldout_fraction: float = 0.1, where: Mapping[str, Any] | None = None,
-                      key: str | None = None) -> ImageSource:
+                      key: str | None = None, hflip: bool = False) -> ImageSource:
     """Open an image data set on disk as an :class:`ImageSource` (see the module docstring).
 
     kind: one of IMAGE_SOURCE_KINDS (or "wilds-<name>" for another WILDS set with a filename column).
     split: folder / npz "train" | "heldout" | "all" (seeded hash, ``heldout_fraction`` held out);
     cifar10 "train" | "test"; WILDS the official splits or "all" (:func:`gftlib.wilds_sources.read_wilds`).
     where: WILDS column filters (domain selection, e.g. ``{"center": [0, 3, 4]}``). key: the array
-    inside an .npz. image_size: output side S (>= 2), e.g. 32, 64, 96.
+    inside an .npz. image_size: output side S (>= 2), e.g. 32, 64, 96. hflip: random left-right flips.
     """
     if not isinstance(kind, str) or not (kind in IMAGE_SOURCE_KINDS or (kind.startswith("wilds-")
                                                                        and len(kind) > 6)):
@@ -255,19 +262,24 @@ def open_image_source(kind: str, root: str | Path, *, split: str = "train", imag
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     fraction = check_finite_number("heldout_fraction", heldout_fraction, minimum=0.0, maximum=1.0)
+    hflip = check_bool("hflip", hflip)
     root = Path(root).expanduser()
     if where and not kind.startswith("wilds-"):
         raise ValueError(f"where is only supported for WILDS data sets, got where={where!r} for kind {kind!r}")
     if kind in ("folder", "npz"):
         split = check_choice("split", split, _HASH_SPLITS)
         if kind == "folder":
-            return _open_folder(root, split, size, seed, fraction)
-        return _open_npz(root, split, size, seed, fraction, key)
-    if kind == "cifar10":
-        return _open_cifar10(root, split, size)
-    table = read_wilds(kind[len("wilds-"):], root, split=split, where=where)
-    return ImageSource(kind, split, size, table.directory, list(table.files), files=True,
-                       labels=table.labels, metadata=table.rows)
+            source = _open_folder(root, split, size, seed, fraction)
+        else:
+            source = _open_npz(root, split, size, seed, fraction, key)
+    elif kind == "cifar10":
+        source = _open_cifar10(root, split, size)
+    else:
+        table = read_wilds(kind[len("wilds-"):], root, split=split, where=where)
+        source = ImageSource(kind, split, size, table.directory, list(table.files), files=True,
+                             labels=table.labels, metadata=table.rows)
+    source.hflip = hflip
+    return source
 
 
 def open_image_spec(spec: str, **kwargs: Any) -> ImageSource:

@@ -90,6 +90,10 @@ def test_build_model_torchcfm_kind():
         build_model("torchcfm", image_size=32)
 
 
+class _Opaque:
+    """An arbitrary pickled object, as old checkpoints with absl FLAGS may contain."""
+
+
 def test_torchcfm_bad_inputs(tmp_path):
     torch.manual_seed(0)
     sd = UNetModelWrapper(**SMALL).state_dict()
@@ -101,6 +105,11 @@ def test_torchcfm_bad_inputs(tmp_path):
         load_torchcfm({"net_model": sd}, ema=True, **SMALL)
     with pytest.raises(ValueError, match="release format"):
         load_torchcfm({"weights": 3})
+    torch.save({"ema_model": sd, "flags": _Opaque()}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_torchcfm(tmp_path / "pickled.pt", **SMALL)
+    trusted = torch.load(tmp_path / "pickled.pt", weights_only=False)
+    assert isinstance(load_torchcfm(trusted, **SMALL), TorchCFMVelocity)
     with pytest.raises(TypeError, match="unknown torchcfm UNetModelWrapper argument.*num_chanels"):
         TorchCFMVelocity(num_chanels=64)
     with pytest.raises(ValueError, match="learn_sigma"):

@@ -205,6 +205,21 @@ def test_wilds_fmow_time_splits_regions(tmp_path):
         open_image_source("wilds-fmow", tmp_path, split="all")
 
 
+def test_hflip_augmentation(tmp_path):
+    u8 = np.zeros((1, 4, 4, 3), np.uint8)
+    u8[0, :, 0] = 255  # a bright left column
+    np.save(tmp_path / "a.npy", u8)
+    plain = open_image_source("npz", tmp_path / "a.npy", split="all", image_size=4)
+    flip = open_image_source("npz", tmp_path / "a.npy", split="all", image_size=4, hflip=True)
+    torch.manual_seed(0)
+    left = [bool(flip[0][0, 0, 0] == 1) for _ in range(400)]
+    assert bool(plain[0][0, 0, 0] == 1) and all(bool(plain[0][0, 0, 0] == 1) for _ in range(5))
+    # Binomial(400, 1/2): 5 standard deviations (50) either side of 200
+    assert 150 <= sum(left) <= 250
+    with pytest.raises(TypeError, match="hflip"):
+        open_image_source("npz", tmp_path / "a.npy", hflip="yes")
+
+
 def test_open_image_source_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"kind must be one of \['folder', 'npz', 'cifar10'"):
         open_image_source("imagenet", tmp_path)

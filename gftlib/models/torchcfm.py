@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -144,7 +145,12 @@ def load_torchcfm(path_or_state: str | os.PathLike[str] | Mapping[str, Any], *, 
         path = Path(path_or_state).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"torchcfm checkpoint not found: {path}")
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{path} holds objects other than tensors and plain containers, which gftlib does "
+                             f"not unpickle; if you trust the file, pass torch.load(path, weights_only=False) "
+                             f"as path_or_state ({str(exc).splitlines()[0]})") from exc
         source = str(path)
     else:
         obj, source = path_or_state, "path_or_state"
