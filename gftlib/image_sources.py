@@ -253,7 +253,8 @@ def open_image_source(kind: str, root: str | Path, *, split: str = "train", imag
     """
     if not isinstance(kind, str) or not (kind in IMAGE_SOURCE_KINDS or (kind.startswith("wilds-")
                                                                        and len(kind) > 6)):
-        raise ValueError(f"kind must be one of {list(IMAGE_SOURCE_KINDS)} (or 'wilds-<dataset>'), got {kind!r}")
+        raise ValueError(f"kind must be one of {list(IMAGE_SOURCE_KINDS)} (or 'wilds-<dataset>'), "
+                         f"got {kind!r}")
     if not isinstance(root, (str, Path)):
         raise TypeError(f"root must be a path, got {type(root).__name__}")
     if not isinstance(split, str):
@@ -265,7 +266,8 @@ def open_image_source(kind: str, root: str | Path, *, split: str = "train", imag
     hflip = check_bool("hflip", hflip)
     root = Path(root).expanduser()
     if where and not kind.startswith("wilds-"):
-        raise ValueError(f"where is only supported for WILDS data sets, got where={where!r} for kind {kind!r}")
+        raise ValueError(f"where is only supported for WILDS data sets, got where={where!r} "
+                         f"for kind {kind!r}")
     if kind in ("folder", "npz"):
         split = check_choice("split", split, _HASH_SPLITS)
         if kind == "folder":
@@ -285,7 +287,8 @@ def open_image_source(kind: str, root: str | Path, *, split: str = "train", imag
 def open_image_spec(spec: str, **kwargs: Any) -> ImageSource:
     """``open_image_source`` from a ``KIND:PATH`` string, e.g. ``"wilds-camelyon17:/data/wilds"``."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"data spec must be KIND:PATH with KIND one of {list(IMAGE_SOURCE_KINDS)}, got {spec!r}")
+        raise ValueError(f"data spec must be KIND:PATH with KIND one of {list(IMAGE_SOURCE_KINDS)}, "
+                         f"got {spec!r}")
     kind, path = spec.split(":", 1)
     return open_image_source(kind, path, **kwargs)
 

@@ -247,7 +247,8 @@ def frechet_distance_from_moments(mu_a: Any, sigma_a: Any, mu_b: Any, sigma_b: A
     mu_a, mu_b = _moment("mu_a", mu_a, 1), _moment("mu_b", mu_b, 1)
     s_a, s_b = _moment("sigma_a", sigma_a, 2), _moment("sigma_b", sigma_b, 2)
     if not (mu_a.shape[0] == mu_b.shape[0] == s_a.shape[0] == s_b.shape[0]):
-        raise ValueError(f"feature dimensions differ: mu_a {mu_a.shape}, sigma_a {s_a.shape}, mu_b {mu_b.shape}, "
+        raise ValueError(f"feature dimensions differ: mu_a {mu_a.shape}, sigma_a {s_a.shape}, "
+                         f"mu_b {mu_b.shape}, "
                          f"sigma_b {s_b.shape}")
     diff = mu_a - mu_b
     value = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * _trace_sqrt_product(s_a, s_b, method))

@@ -80,7 +80,8 @@ def _directory(root: Path, dataset: str) -> tuple[Path, Path]:
         raise FileNotFoundError(f"WILDS root not found: {root}. {_help(dataset)}")
     found = sorted(p for p in root.glob(pattern) if p.is_dir())
     if not found:
-        raise FileNotFoundError(f"WILDS dataset directory not found: {root / (dataset + '_v1.0')} (looked for "
+        raise FileNotFoundError(f"WILDS dataset directory not found: {root / (dataset + '_v1.0')} "
+                                f"(looked for "
                                 f"{root / pattern}). {_help(dataset)}")
     directory = found[-1]
     meta_path = directory / meta
@@ -213,4 +214,5 @@ def read_wilds(dataset: str, root: str | Path, *, split: str = "train",
     if len(idx) == 0:
         raise ValueError(f"no rows of {meta_path} match split={split!r} and where={dict(where or {})!r}")
     rows = df.iloc[idx].reset_index(drop=True)
-    return WildsTable(directory=directory, metadata_path=meta_path, files=tuple(files), labels=labels, rows=rows)
+    return WildsTable(directory=directory, metadata_path=meta_path, files=tuple(files), labels=labels,
+                      rows=rows)

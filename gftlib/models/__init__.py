@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gftlib.models.adapters import ADAPTER_SIGNATURES, ADAPTER_TIME_SHAPES, VelocityAdapter, flow_matching_velocity
+from gftlib.models.adapters import (ADAPTER_SIGNATURES, ADAPTER_TIME_SHAPES, VelocityAdapter,
+                                   flow_matching_velocity)
 from gftlib.models.embeddings import SinusoidalTimeEmbedding, sinusoidal_embedding
 from gftlib.models.mlp import ACTIVATIONS, MLPVelocity
 from gftlib.models.torchcfm import (TORCHCFM_CIFAR10, TorchCFMVelocity, load_torchcfm, save_torchcfm,
