@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gftlib.models import (TORCHCFM_CIFAR10, TorchCFMVelocity, VelocityAdapter, count_parameters,
+from gftlib.models import (TORCHCFM_CIFAR10, TorchCFMVelocity, VelocityAdapter, build_model, count_parameters,
                            flow_matching_velocity, load_torchcfm, save_torchcfm)
 
 UNetModelWrapper = pytest.importorskip("torchcfm.models.unet.unet").UNetModelWrapper
@@ -81,6 +81,19 @@ def test_torchcfm_small_config_and_state_dict_input(tmp_path, single_thread):
         assert torch.equal(model(x, torch.tensor(0.5)), model(x, torch.full((2,), 0.5)))
 
 
+def test_build_model_torchcfm_kind():
+    a = build_model("torchcfm", seed=3, **SMALL)
+    b = build_model("torchcfm", seed=3, **a.config)  # model.config rebuilds it
+    assert isinstance(a, TorchCFMVelocity) and a.config["dim"] == (1, 16, 16)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(TypeError, match="unknown torchcfm model argument"):
+        build_model("torchcfm", image_size=32)
+
+
+class _Opaque:
+    """An arbitrary pickled object, as old checkpoints with absl FLAGS may contain."""
+
+
 def test_torchcfm_bad_inputs(tmp_path):
     torch.manual_seed(0)
     sd = UNetModelWrapper(**SMALL).state_dict()
@@ -92,6 +105,11 @@ def test_torchcfm_bad_inputs(tmp_path):
         load_torchcfm({"net_model": sd}, ema=True, **SMALL)
     with pytest.raises(ValueError, match="release format"):
         load_torchcfm({"weights": 3})
+    torch.save({"ema_model": sd, "flags": _Opaque()}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_torchcfm(tmp_path / "pickled.pt", **SMALL)
+    trusted = torch.load(tmp_path / "pickled.pt", weights_only=False)
+    assert isinstance(load_torchcfm(trusted, **SMALL), TorchCFMVelocity)
     with pytest.raises(TypeError, match="unknown torchcfm UNetModelWrapper argument.*num_chanels"):
         TorchCFMVelocity(num_chanels=64)
     with pytest.raises(ValueError, match="learn_sigma"):

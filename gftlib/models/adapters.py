@@ -50,7 +50,8 @@ class VelocityAdapter(nn.Module):
                              f"got {data_at!r}")
         self.data_at = int(data_at)
         if extras is not None and not isinstance(extras, dict):
-            raise TypeError(f"extras must be a dict of keyword arguments or None, got {type(extras).__name__}")
+            raise TypeError(f"extras must be a dict of keyword arguments or None, "
+                            f"got {type(extras).__name__}")
         self.extras = dict(extras or {})
 
     def _time(self, x: Tensor, t: Any) -> Tensor:
@@ -86,7 +87,8 @@ class VelocityAdapter(nn.Module):
         else:
             out = self.module(x=x, t=tt, **self.extras)
         if not isinstance(out, Tensor) or out.shape != x.shape:
-            raise ValueError(f"the wrapped module must return a tensor of the input's shape {tuple(x.shape)}, "
+            raise ValueError(f"the wrapped module must return a tensor of the input's shape "
+                             f"{tuple(x.shape)}, "
                              f"got {getattr(out, 'shape', type(out).__name__)}")
         return -out if self.data_at == 0 else out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +50,8 @@ def _wrapper_class() -> type[nn.Module]:
     try:
         from torchcfm.models.unet.unet import UNetModelWrapper
     except ImportError as exc:  # pragma: no cover - torchcfm is installed by the Makefile
-        raise ImportError(f"torchcfm models need the torchcfm package ({_INSTALL}); import failed: {exc}") from exc
+        raise ImportError(f"torchcfm models need the torchcfm package ({_INSTALL}); "
+                          f"import failed: {exc}") from exc
     return UNetModelWrapper
 
 
@@ -111,7 +113,8 @@ def _strip(state: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
 
 def _select_state(obj: Any, ema: bool, source: str) -> "OrderedDict[str, Tensor]":
     if not isinstance(obj, Mapping):
-        raise TypeError(f"{source}: expected a torchcfm checkpoint dict or a state dict, got {type(obj).__name__}")
+        raise TypeError(f"{source}: expected a torchcfm checkpoint dict or a state dict, "
+                        f"got {type(obj).__name__}")
     key = "ema_model" if ema else "net_model"
     if "net_model" in obj or "ema_model" in obj:
         if key not in obj:
@@ -144,7 +147,13 @@ def load_torchcfm(path_or_state: str | os.PathLike[str] | Mapping[str, Any], *, 
         path = Path(path_or_state).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"torchcfm checkpoint not found: {path}")
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{path} holds objects other than tensors and plain containers, which gftlib "
+                             f"does not unpickle; if you trust the file, pass "
+                             f"torch.load(path, weights_only=False) "
+                             f"as path_or_state ({str(exc).splitlines()[0]})") from exc
         source = str(path)
     else:
         obj, source = path_or_state, "path_or_state"
@@ -167,8 +176,8 @@ def load_torchcfm(path_or_state: str | os.PathLike[str] | Mapping[str, Any], *, 
 def torchcfm_state_dict(model: nn.Module) -> "OrderedDict[str, Tensor]":
     """The ``UNetModelWrapper`` state dict (no prefix, detached CPU copies) of a TorchCFMVelocity, a
     torchcfm network, or either inside DataParallel/DDP."""
-    inner = getattr(model, "module", model) if isinstance(model, (nn.DataParallel,
-                                                                 nn.parallel.DistributedDataParallel)) else model
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    inner = model.module if isinstance(model, wrappers) else model
     if isinstance(inner, TorchCFMVelocity):
         inner = inner.net
     if not isinstance(inner, _wrapper_class()):
