@@ -20,6 +20,8 @@ Sections (each timed as the median of repeated measurements after warm-up; peak 
    critical path when prefetched (the measured wait for the background solve; target <= 5 %).
 5. ``sampling``: batched Euler sampling at NFE 8 and 32 (gftlib.fastpath.sample_batched, fp32 and
    fast settings; torchcfm's network in a plain Euler loop as the peer), images per second.
+6. ``data``: images/s of the disk image loader at 96 x 96 (PNG folder, per worker count) next to
+   the training step's demand at batch 128 (:mod:`benchmarks.dataloader`): does the GPU starve?
 
 Profiles: on CUDA the full CIFAR-10 configuration (unet_config("cifar10"), batch 128); on the CPU a
 reduced configuration for *both* torchcfm and gftlib so that the run takes a few minutes; ``--quick``
@@ -48,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.dataloader import bench_data, render_data_markdown
 from gftlib.couplings import ot_permutation
 from gftlib.experiments.methods import build_method
 from gftlib.fastpath import fast_settings, sample_batched
@@ -61,7 +64,7 @@ from gftlib.validation import resolve_device
 __all__ = ["PROFILES", "SECTIONS", "run_benchmarks", "machine_info", "main"]
 
 #: Top-level sections of the results JSON.
-SECTIONS = ("machine", "config", "peer", "cfm", "gft", "ot", "sampling", "ratios", "targets")
+SECTIONS = ("machine", "config", "peer", "cfm", "gft", "ot", "sampling", "data", "ratios", "targets")
 
 #: Network / batch / repetition settings per profile. The network is described in torchcfm's terms
 #: (num_channels, channel_mult, num_res_blocks, attention resolution, num_head_channels); gftlib
@@ -576,6 +579,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         "machine are noisy; see the JSON for every repeat.",
         "",
     ]
+    if "data" in r:
+        lines += render_data_markdown(r["data"])
     return "\n".join(lines)
 
 
@@ -618,7 +623,8 @@ def run_benchmarks(device: str = "auto", *, quick: bool = False, out_dir: str | 
     _process_warmup(p, profile, dev)
     for name, fn in (("peer", lambda: bench_peer(p, dev)), ("cfm", lambda: bench_cfm(p, profile, dev, fast)),
                      ("gft", lambda: bench_gft(p, profile, dev, fast)), ("ot", lambda: bench_ot(p, dev)),
-                     ("sampling", lambda: bench_sampling(p, profile, dev, fast))):
+                     ("sampling", lambda: bench_sampling(p, profile, dev, fast)),
+                     ("data", lambda: bench_data(profile, dev))):
         t0 = time.perf_counter()
         r[name] = fn()
         log(f"[bench] {name}: {time.perf_counter() - t0:.1f} s")

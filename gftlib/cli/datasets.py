@@ -6,8 +6,9 @@ paper's setting: a few thousand target images), drawn as a seeded random subset 
 full set (e.g. Camelyon17's 455k patches) is never loaded. Splits (``--split auto``): training
 uses ``train``; evaluation uses a disjoint held-out split: patches ``heldout`` (other image columns),
 CIFAR-10 ``test``, WILDS Camelyon17 ``id_val`` (the training hospitals' held-out patches), other WILDS
-sets and folders/arrays ``test`` (folders/arrays: the hashed held-out split of the library's reader).
-2-D: an independent draw (seed ``data_seed + 1``).
+sets ``test``, folders/arrays ``heldout`` (the seeded hash split of :mod:`gftlib.image_sources`).
+2-D: an independent draw (seed ``data_seed + 1``). Disk images are decoded by ``workers`` DataLoader
+processes (:func:`gftlib.image_sources.image_loader`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def resolve_split(spec: DataSpec, split: str, *, role: str) -> str:
         return split
     if role == "train":
         return "train"
-    if spec.kind in ("patches", "2d"):
+    if spec.kind in ("patches", "2d", "folder", "npz"):
         return "heldout"
     if spec.kind == "wilds-camelyon17":
         return "id_val"
@@ -54,7 +55,7 @@ def _patch_downsample(size: int) -> int:
 
 
 def load_data(spec: DataSpec, *, n: int, image_size: int, split: str, seed: int,
-              where: dict[str, Any] | None = None) -> Tensor:
+              where: dict[str, Any] | None = None, workers: int = 0) -> Tensor:
     """``n`` samples of ``spec`` (see the module docstring); FileNotFoundError/ValueError name the path."""
     from gftlib import data as gdata
 
@@ -64,9 +65,26 @@ def load_data(spec: DataSpec, *, n: int, image_size: int, split: str, seed: int,
     if spec.kind == "patches":
         return gdata.image_patches(spec.value, size=image_size, n=n, split=split, seed=seed,
                                    downsample=_patch_downsample(image_size))
-    name = spec.kind
-    ds = gdata.load_image_dataset(name, spec.value, split=split, size=image_size, n=n, seed=seed, where=where)
-    images = ds.images
-    if images.shape[0] < n:
-        raise CLIError("--n-data", n, f"at most {images.shape[0]} (the images of {spec} split {split!r})")
-    return images
+    return _disk_images(spec, n=n, image_size=image_size, split=split, seed=seed, where=where,
+                        workers=workers)
+
+
+def _disk_images(spec: DataSpec, *, n: int, image_size: int, split: str, seed: int,
+                 where: dict[str, Any] | None, workers: int) -> Tensor:
+    """A seeded random subset of ``n`` images of a disk source, decoded by ``workers`` processes."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from gftlib.image_sources import image_loader, open_image_source
+
+    try:
+        source = open_image_source(spec.kind, spec.value, split=split, image_size=image_size, seed=seed,
+                                   where=where)
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError("--data", str(spec), f"a data set in the documented layout: {err}") from None
+    if len(source) < n:
+        raise CLIError("--n-data" if split == "train" else "--n-ref", n,
+                       f"at most {len(source)} (the images of {spec} split {split!r})")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+    loader = image_loader(Subset(source, keep.tolist()), batch_size=256, shuffle=False, num_workers=workers)
+    return torch.cat(list(loader)).contiguous()

@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="auto", help="reference split (default auto: the held-out split)")
     p.add_argument("--where", action="append", metavar="COL=VALUE", help="WILDS metadata filter (repeatable)")
     p.add_argument("--data-seed", type=common.nonneg_int, default=0)
+    p.add_argument("--workers", type=common.nonneg_int, default=2, help="image decoding processes (disk data)")
     p.add_argument("--image-size", type=common.positive_int, default=None)
     p.add_argument("--batch-size", type=common.positive_int, default=256, help="samples per solver call")
     p.add_argument("--feature-width", type=common.positive_int, default=64, help="fd: RandomConvFeatures width")
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             size = gen["x"].shape[-1] if gen["x"].ndim == 4 else 2
             split = resolve_split(data, args.split, role="eval")
             ref = load_data(data, n=args.n_ref, image_size=size, split=split, seed=args.data_seed,
-                            where=checked["where"])
+                            where=checked["where"], workers=args.workers)
             values = compute_metrics(gen, ref, metrics, args, ctx.device)
             report = {"weights": args.weights, "samples": args.samples, "data": str(data), "split": split,
                       "n": int(gen["x"].shape[0]), "n_ref": args.n_ref, "solver": args.solver, "metrics": values}

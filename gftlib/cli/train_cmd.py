@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     p.add_argument("--split", default="auto", help="data split (default auto: train)")
     p.add_argument("--where", action="append", metavar="COL=VALUE", help="WILDS metadata filter (repeatable)")
     p.add_argument("--data-seed", type=common.nonneg_int, default=0, help="data subset and order")
+    p.add_argument("--workers", type=common.nonneg_int, default=2, help="image decoding processes (disk data)")
     p.add_argument("--batch-size", type=common.positive_int, default=128, help="global batch (default 128)")
     p.add_argument("--lr", type=common.positive_float, default=2e-4)
     p.add_argument("--ema-decay", type=common.nonneg_float, default=0.9999)
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace, *, finetune: bool) -> int:
         if args.torchcfm_out is not None and model_spec["kind"] != "torchcfm":
             raise CLIError("--torchcfm-out", args.torchcfm_out, _TORCHCFM_ONLY)
         target = load_data(data, n=args.n_data, image_size=size, split=resolve_split(data, args.split, role="train"),
-                           seed=args.data_seed, where=checked["where"])
+                           seed=args.data_seed, where=checked["where"], workers=args.workers)
         reduction = _reduction(args, model_spec)
         method = _method(args, finetune, target, pretrained, reduction, ctx.device)
         if method.init_from_pretrained:
