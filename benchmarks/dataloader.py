@@ -105,11 +105,13 @@ def _time_step(p: dict[str, Any], device: torch.device) -> dict[str, Any]:
     model = _network(p["net"])
     b = p["step_batch"]
     data = torch.rand(4 * b, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    clock = _Clock(FlowMatchingObjective(data.to(device), batch_size=b, coupling="independent", seed=0), device)
+    clock = _Clock(FlowMatchingObjective(data.to(device), batch_size=b, coupling="independent", seed=0),
+                   device)
     fast = fast_settings(device)
     steps = p["warmup"] + p["repeats"] + 1
     train(model, clock, TrainConfig(steps=steps, device=str(device), amp=fast["amp"],
-                                    channels_last=fast["channels_last"], compile=fast["compile"], progress=False,
+                                    channels_last=fast["channels_last"], compile=fast["compile"],
+                                    progress=False,
                                     log_every=10**9, seed=0))
     gaps = np.diff(clock.stamps)[p["warmup"]:].tolist()
     per_sample = statistics.median(gaps) / b

@@ -21,6 +21,7 @@ WARMUP=${WARMUP:-0}            #   for torchcfm networks) and grad clip 1
 N_DATA=${N_DATA:-5000}         # Camelyon17 training patches held in memory (a seeded subset)
 N_EVAL=${N_EVAL:-5000}         # generated and held-out (id_val) images per evaluation
 NFE=${NFE:-50}                 # Euler steps for sampling and evaluation
+N_GRID=${N_GRID:-64}           # samples shown in each method's samples.png
 CACHE=${CACHE:-5000}           # pretrained pairs (gft-coupling, reflow)
 TRAJ=${TRAJ:-1024}             # pretrained trajectories (gft-drift)
 TIME_GRID=${TIME_GRID:-32}     # drift-cache times per trajectory
@@ -52,7 +53,7 @@ for S in $SIZES; do
         --ema-decay 0.9999 --n-data "$N_DATA" --beta0 "$BETA0" --cache-size "$CACHE" --n-trajectories "$TRAJ" \
         --time-grid "$TIME_GRID" --solver-steps "$SOLVER_STEPS" --checkpoint-dir "$R/ckpt" --checkpoint-every "$CKPT_EVERY" \
         --out "$R/weights.pt" --torchcfm-out "$R/torchcfm.pt" --history "$R/history.json" $EXTRA $TRAIN_EXTRA
-    $GFT sample --weights "$R/weights.pt" --num-samples 64 --nfe "$NFE" --out "$R/samples.npz" \
+    $GFT sample --weights "$R/weights.pt" --num-samples "$N_GRID" --nfe "$NFE" --out "$R/samples.npz" \
         --grid "$R/samples.png" $EXTRA
     $GFT eval --weights "$R/weights.pt" --data "$DATA" --metrics "$METRICS" "${INC[@]}" \
         --num-samples "$N_EVAL" --n-ref "$N_EVAL" --nfe "$NFE" --checkpoint-dir "$R/ckpt-eval" \

@@ -19,7 +19,8 @@ def weights_file(tmp_path):
     """A real (tiny) gftlib weights file, so that only the argument under test is wrong."""
     out = tmp_path / "pre.pt"
     assert main(["pretrain", "--data", "2d:moons", "--model", "mlp", "--hidden", "8", "--depth", "1",
-                 "--steps", "1", "--batch-size", "8", "--n-data", "16", "--out", str(out), "--no-progress"]) == 0
+                 "--steps", "1", "--batch-size", "8", "--n-data", "16", "--out", str(out),
+                 "--no-progress"]) == 0
     return str(out)
 
 
@@ -42,7 +43,8 @@ def weights_file(tmp_path):
      ["--model", "'mlp'", "unet:tiny|small|cifar10"]),
     (["pretrain", "--data", "2d:moons", "--model", "mlp", "--steps", "5", "--out", "w.txt"],
      ["--out", "'w.txt'", ".pt"]),
-    (["pretrain", "--data", "2d:moons", "--model", "mlp", "--steps", "5", "--out", "w.pt", "--ema-decay", "1"],
+    (["pretrain", "--data", "2d:moons", "--model", "mlp", "--steps", "5", "--out", "w.pt", "--ema-decay",
+      "1"],
      ["--ema-decay", "1.0", "[0, 1)"]),
     (["pretrain", "--data", "2d:moons", "--model", "mlp", "--steps", "5", "--out", "w.pt", "--lr", "-1"],
      ["--lr", "'-1'", "> 0"]),
@@ -56,7 +58,8 @@ def weights_file(tmp_path):
       "--out", "w.pt"], ["--pretrained", "'mlp'", "a gftlib weights file, torchcfm:PATH"]),
     (["sample", "--weights", "mlp", "--n", "4", "--nfe", "2", "--solver", "rk5", "--out", "s.npz"],
      ["--solver", "'rk5'", "euler", "midpoint", "rk4", "dopri5"]),
-    (["sample", "--weights", "mlp", "--n", "4", "--nfe", "2", "--out", "s.npy"], ["--out", "'s.npy'", ".npz"]),
+    (["sample", "--weights", "mlp", "--n", "4", "--nfe", "2", "--out", "s.npy"], ["--out", "'s.npy'",
+                                                                                  ".npz"]),
     (["sample", "--weights", "mlp", "--n", "4", "--nfe", "2", "--out", "s.npz", "--grid", "g.jpg"],
      ["--grid", "'g.jpg'", ".png"]),
     (["eval", "--weights", "mlp", "--data", "2d:moons", "--metrics", "fd,kid", "--out", "e.json"],
@@ -85,7 +88,8 @@ def test_bad_method_and_mismatched_weights(weights_file, capsys, tmp_path):
     err = _fails(["finetune", "--pretrained", weights_file, "--data", "patches:ihc", "--method", "ft",
                   "--steps", "5", "--out", str(tmp_path / "w.pt")], capsys)
     assert "--pretrained" in err
-    err = _fails(["finetune", "--pretrained", weights_file, "--data", "2d:moons", "--method", "ft", "--steps", "5",
+    err = _fails(["finetune", "--pretrained", weights_file, "--data", "2d:moons", "--method", "ft",
+                  "--steps", "5",
                   "--out", str(tmp_path / "w.pt"), "--torchcfm-out", str(tmp_path / "t.pt")], capsys)
     assert "--torchcfm-out" in err and "only for torchcfm networks" in err
     not_weights = tmp_path / "plain.pt"

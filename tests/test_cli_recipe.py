@@ -49,7 +49,7 @@ def test_recipe_at_dry_run_size(tmp_path):
     wilds = fake_camelyon17(tmp_path / "wilds")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
                CKPT=str(ckpt), WILDS_ROOT=str(wilds), OUT=str(tmp_path / "runs"), SIZES="32",
-               METHODS="gft-coupling", STEPS="2", BATCH="2", N_DATA="4", N_EVAL="3", NFE="2", CACHE="2",
+               METHODS="gft-coupling", STEPS="2", BATCH="2", N_DATA="4", N_EVAL="3", NFE="2", N_GRID="4", CACHE="2",
                TRAJ="2", TIME_GRID="2", SOLVER_STEPS="2", CKPT_EVERY="1", GFT=f"{sys.executable} -m gftlib",
                EXTRA="--no-progress --device cpu")
     run = subprocess.run(["bash", str(ROOT / "scripts" / "recipe_camelyon17.sh")], env=env, cwd=tmp_path,
@@ -68,7 +68,7 @@ def test_recipe_at_dry_run_size(tmp_path):
         torch.testing.assert_close(exported(x, t), again(x, t), rtol=0, atol=0)
         assert not torch.equal(exported(x, t), net.eval()(x, t))  # it did train
     with np.load(r / "samples.npz") as z:
-        assert z["x"].shape == (64, 3, 32, 32) and z["images"].shape == (64, 32, 32, 3)
+        assert z["x"].shape == (4, 3, 32, 32) and z["images"].shape == (4, 32, 32, 3)
         assert z["images"].dtype == np.uint8 and np.isfinite(z["x"]).all()
     assert (r / "samples.png").read_bytes()[:4] == b"\x89PNG"
     for report in (r / "eval.json", tmp_path / "runs" / "32" / "pretrained" / "eval.json"):

@@ -28,7 +28,8 @@ def _number(kind: type, minimum: float, strict: bool, what: str) -> Callable[[st
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid value {text!r}; allowed: {what}") from None
-        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strict and value == minimum):
+        if value != value or value in (float("inf"),
+                                       float("-inf")) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"invalid value {text!r}; allowed: {what}")
         return value
 

@@ -40,9 +40,11 @@ METRICS: tuple[str, ...] = ("fd", "fid", "path_length", "nfe", "w2")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, help="weights file, torchcfm:PATH, or mlp | unet:NAME (random)")
+    p.add_argument("--weights", required=True,
+                   help="weights file, torchcfm:PATH, or mlp | unet:NAME (random)")
     p.add_argument("--data", required=True, help="reference data SPEC (see `gft --help`)")
-    p.add_argument("--metrics", default="fd,path_length,nfe,w2", help="comma-separated subset of " + ",".join(METRICS))
+    p.add_argument("--metrics", default="fd,path_length,nfe,w2",
+                   help="comma-separated subset of " + ",".join(METRICS))
     p.add_argument("--out", required=True, help="metrics file (.json)")
     p.add_argument("--n", "--num-samples", dest="n", type=common.positive_int, default=1000,
                    help="generated samples (default 1000; under torchrun write --num-samples)")
@@ -54,11 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="auto", help="reference split (default auto: the held-out split)")
     p.add_argument("--where", action="append", metavar="COL=VALUE", help="WILDS metadata filter (repeatable)")
     p.add_argument("--data-seed", type=common.nonneg_int, default=0)
-    p.add_argument("--workers", type=common.nonneg_int, default=2, help="image decoding processes (disk data)")
+    p.add_argument("--workers", type=common.nonneg_int, default=2,
+                   help="image decoding processes (disk data)")
     p.add_argument("--image-size", type=common.positive_int, default=None)
     p.add_argument("--batch-size", type=common.positive_int, default=256, help="samples per solver call")
-    p.add_argument("--feature-width", type=common.positive_int, default=64, help="fd: RandomConvFeatures width")
-    p.add_argument("--feature-depth", type=common.positive_int, default=3, help="fd: RandomConvFeatures depth")
+    p.add_argument("--feature-width", type=common.positive_int, default=64,
+                   help="fd: RandomConvFeatures width")
+    p.add_argument("--feature-depth", type=common.positive_int, default=3,
+                   help="fd: RandomConvFeatures depth")
     p.add_argument("--n-projections", type=common.positive_int, default=256, help="w2 on images: directions")
     common.add_common(p)
 
@@ -73,7 +78,8 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError("--metrics", args.metrics, "metrics without fid for 2-D data: " + ",".join(
                 m for m in METRICS if m != "fid"))
         if args.inception is None or not Path(args.inception).expanduser().is_file():
-            raise CLIError("--inception", args.inception, "an existing Inception TorchScript file when --metrics "
+            raise CLIError("--inception", args.inception,
+                           "an existing Inception TorchScript file when --metrics "
                            "has fid (gftlib never downloads it; see gftlib.features.INCEPTION_URL)")
     if args.samples is not None:
         if not Path(args.samples).is_file():
@@ -104,7 +110,8 @@ def _fd(x: torch.Tensor, ref: torch.Tensor, args: argparse.Namespace, device: to
     return frechet_feature_distance(x, ref, net, method="eigh")
 
 
-def compute_metrics(gen: dict[str, Any], ref: torch.Tensor, metrics: tuple[str, ...], args: argparse.Namespace,
+def compute_metrics(gen: dict[str, Any], ref: torch.Tensor, metrics: tuple[str, ...],
+                    args: argparse.Namespace,
                     device: torch.device) -> dict[str, float]:
     """The requested metrics of generated ``gen["x"]`` against ``ref`` (same sample shape)."""
     from gftlib.metrics import sliced_wasserstein, wasserstein2
@@ -138,12 +145,14 @@ def compute_metrics(gen: dict[str, Any], ref: torch.Tensor, metrics: tuple[str, 
     return out
 
 
-def _generated(args: argparse.Namespace, spec, image_size: int | None, device: torch.device) -> dict[str, Any]:
+def _generated(args: argparse.Namespace, spec, image_size: int | None, device: torch.device) -> dict[str,
+                                                                                                     Any]:
     if args.samples is not None:
         return _load_samples(args.samples)
     model, shape, _ = load_for_sampling("--weights", spec, image_size=image_size, seed=args.seed)
     fp = {"command": "eval", "weights": args.weights if spec.is_fresh else common.file_digest(spec.value),
-          "n": args.n, "nfe": args.nfe, "solver": args.solver, "seed": args.seed, "batch_size": args.batch_size,
+          "n": args.n, "nfe": args.nfe, "solver": args.solver, "seed": args.seed,
+          "batch_size": args.batch_size,
           "shape": list(shape)}
     s = common.generate(model, n=args.n, shape=shape, nfe=args.nfe, solver=args.solver, seed=args.seed,
                         batch_size=args.batch_size, device=device, checkpoint_dir=args.checkpoint_dir,
@@ -166,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
                             where=checked["where"], workers=args.workers)
             values = compute_metrics(gen, ref, metrics, args, ctx.device)
             report = {"weights": args.weights, "samples": args.samples, "data": str(data), "split": split,
-                      "n": int(gen["x"].shape[0]), "n_ref": args.n_ref, "solver": args.solver, "metrics": values}
+                      "n": int(gen["x"].shape[0]), "n_ref": args.n_ref, "solver": args.solver,
+                      "metrics": values}
             atomic_write_json(args.out, report)
             print(json.dumps(values), flush=True)
         D.barrier()

@@ -27,7 +27,8 @@ __all__ = ["add_arguments", "load_for_sampling", "to_uint8", "write_grid", "run"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, help="weights file, torchcfm:PATH, or mlp | unet:NAME (random)")
+    p.add_argument("--weights", required=True,
+                   help="weights file, torchcfm:PATH, or mlp | unet:NAME (random)")
     p.add_argument("--n", "--num-samples", dest="n", type=common.positive_int, required=True,
                    help="number of samples (under torchrun write --num-samples: torchrun takes --n for itself)")
     p.add_argument("--nfe", type=common.positive_int, required=True,
@@ -100,11 +101,14 @@ def run(args: argparse.Namespace) -> int:
         if ctx.is_main:
             model, shape, _ = load_for_sampling("--weights", spec, image_size=args.image_size, seed=args.seed,
                                                 ema=not args.raw)
-            fp = {"command": "sample", "weights": args.weights if spec.is_fresh else common.file_digest(spec.value),
+            fp = {"command": "sample",
+                  "weights": args.weights if spec.is_fresh else common.file_digest(spec.value),
                   "n": args.n, "nfe": args.nfe, "solver": args.solver, "seed": args.seed, "raw": args.raw,
                   "batch_size": args.batch_size, "shape": list(shape)}
-            s = common.generate(model, n=args.n, shape=shape, nfe=args.nfe, solver=args.solver, seed=args.seed,
-                                batch_size=args.batch_size, device=ctx.device, checkpoint_dir=args.checkpoint_dir,
+            s = common.generate(model, n=args.n, shape=shape, nfe=args.nfe, solver=args.solver,
+                                seed=args.seed,
+                                batch_size=args.batch_size, device=ctx.device,
+                                checkpoint_dir=args.checkpoint_dir,
                                 fingerprint=fp, progress=not args.no_progress)
             arrays = {"x": s.x.numpy(), "path_length": s.path_length.numpy(),
                       "straightness": s.straightness.numpy(), "nfe": np.int64(s.nfe),

@@ -94,7 +94,8 @@ def parse_data_spec(option: str, spec: str) -> DataSpec:
         want_file = kind == "npz"
         if not (path.is_file() if want_file else path.is_dir()):
             what = "an existing .npy/.npz file" if want_file else "an existing directory"
-            raise CLIError(option, spec, f"{kind}:PATH with PATH {what} (no such {'file' if want_file else 'directory'}: "
+            raise CLIError(option, spec,
+                           f"{kind}:PATH with PATH {what} (no such {'file' if want_file else 'directory'}: "
                                          f"{path})")
         value = str(path)
     else:

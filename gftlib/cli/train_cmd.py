@@ -13,8 +13,6 @@ import argparse
 import json
 from typing import Any
 
-import torch
-
 from gftlib import distributed as D
 from gftlib.cli import common, weights
 from gftlib.cli.datasets import load_data, parse_where, resolve_split
@@ -42,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
         p.add_argument("--pretrained", required=True, help="weights file or torchcfm:PATH")
         p.add_argument("--method", required=True, choices=_methods())
     else:
-        p.add_argument("--model", required=True, help="mlp | unet:tiny|small|cifar10 | a weights file to continue")
+        p.add_argument("--model", required=True,
+                       help="mlp | unet:tiny|small|cifar10 | a weights file to continue")
     p.add_argument("--steps", type=common.positive_int, required=True)
     p.add_argument("--out", required=True, help="weights file to write (.pt)")
     p.add_argument("--image-size", type=common.positive_int, default=None,
@@ -52,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     p.add_argument("--split", default="auto", help="data split (default auto: train)")
     p.add_argument("--where", action="append", metavar="COL=VALUE", help="WILDS metadata filter (repeatable)")
     p.add_argument("--data-seed", type=common.nonneg_int, default=0, help="data subset and order")
-    p.add_argument("--workers", type=common.nonneg_int, default=2, help="image decoding processes (disk data)")
+    p.add_argument("--workers", type=common.nonneg_int, default=2,
+                   help="image decoding processes (disk data)")
     p.add_argument("--batch-size", type=common.positive_int, default=128, help="global batch (default 128)")
     p.add_argument("--lr", type=common.positive_float, default=2e-4)
     p.add_argument("--ema-decay", type=common.nonneg_float, default=0.9999)
@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
                        help="pretrained pairs of gft-coupling / reflow (default --n-data)")
         p.add_argument("--n-trajectories", type=common.positive_int, default=None,
                        help="pretrained trajectories of gft-drift (default min(--n-data, 1024))")
-        p.add_argument("--time-grid", type=common.positive_int, default=32, help="gft-drift times per trajectory")
+        p.add_argument("--time-grid", type=common.positive_int, default=32,
+                       help="gft-drift times per trajectory")
         p.add_argument("--solver-steps", type=common.positive_int, default=32,
                        help="Euler steps of the frozen pretrained sampler (caches)")
     p.add_argument("--checkpoint-every", type=common.positive_int, default=None)
@@ -99,7 +100,8 @@ def prepare(args: argparse.Namespace, *, finetune: bool) -> dict[str, Any]:
     if data.is_2d and model.kind in ("unet", "torchcfm"):
         raise CLIError(option, str(model), "mlp (or an mlp weights file) for 2-D data " + str(data))
     if not data.is_2d and model.kind == "mlp":
-        raise CLIError(option, "mlp", "unet:tiny|small|cifar10, torchcfm:PATH or a UNet weights file for images")
+        raise CLIError(option, "mlp",
+                       "unet:tiny|small|cifar10, torchcfm:PATH or a UNet weights file for images")
     if args.torchcfm_out is not None and model.kind not in ("torchcfm", "weights"):
         raise CLIError("--torchcfm-out", args.torchcfm_out, _TORCHCFM_ONLY)
     where = parse_where(args.where)
@@ -123,7 +125,8 @@ def _networks(args: argparse.Namespace, spec: ModelSpec, data: DataSpec, finetun
     if spec.is_fresh:
         size = _image_size(args, None, spec)
         shape = (2,) if data.is_2d else (3, size, size)
-        mspec = weights.fresh_spec(spec, data_shape=shape, image_size=size, hidden=args.hidden, depth=args.depth)
+        mspec = weights.fresh_spec(spec, data_shape=shape, image_size=size, hidden=args.hidden,
+                                   depth=args.depth)
         return weights.build(mspec, seed=args.seed), None, mspec, size
     loaded = weights.load("--pretrained" if finetune else "--model", spec, image_size=args.image_size)
     size = _image_size(args, loaded, spec)
@@ -141,8 +144,8 @@ def _reduction(args: argparse.Namespace, model_spec: dict[str, Any]) -> str:
 def _fingerprint(args: argparse.Namespace, finetune: bool, reduction: str, size: int) -> dict[str, Any]:
     keys = ["data", "n_data", "split", "where", "data_seed", "batch_size", "hidden", "depth"]
     if finetune:
-        keys += ["method", "beta0", "schedule", "target_coupling", "cache_size", "n_trajectories", "time_grid",
-                 "solver_steps"]
+        keys += ["method", "beta0", "schedule", "target_coupling", "cache_size", "n_trajectories",
+                 "time_grid", "solver_steps"]
     fp = {k: getattr(args, k) for k in keys}
     source = args.pretrained if finetune else args.model
     path = source.split(":", 1)[1] if source.startswith("torchcfm:") else source
@@ -159,11 +162,13 @@ def _method(args, finetune, target, pretrained, reduction, device):
     if not finetune:
         return build_method("scratch", target_data=target, pretrained_model=None, batch_size=args.batch_size,
                             steps=args.steps, seed=args.data_seed, device=device, time_weight=weight)
-    return build_method(args.method, target_data=target, pretrained_model=pretrained, batch_size=args.batch_size,
+    return build_method(args.method, target_data=target, pretrained_model=pretrained,
+                        batch_size=args.batch_size,
                         steps=args.steps, beta0=args.beta0, schedule_kind=args.schedule,
                         target_coupling=args.target_coupling, cache_size=args.cache_size,
                         n_trajectories=args.n_trajectories, time_grid=args.time_grid,
-                        solver_steps=args.solver_steps, seed=args.data_seed, device=device, time_weight=weight)
+                        solver_steps=args.solver_steps, seed=args.data_seed, device=device,
+                        time_weight=weight)
 
 
 def run(args: argparse.Namespace, *, finetune: bool) -> int:
@@ -177,12 +182,14 @@ def run(args: argparse.Namespace, *, finetune: bool) -> int:
         model, pretrained, model_spec, size = _networks(args, spec, data, finetune)
         if data.is_2d != (model_spec["kind"] == "mlp"):
             option = "--pretrained" if finetune else "--model"
-            raise CLIError(option, str(spec), f"a {'2-D (mlp)' if data.is_2d else 'image'} network for --data "
+            raise CLIError(option, str(spec),
+                           f"a {'2-D (mlp)' if data.is_2d else 'image'} network for --data "
                            f"{data} (this one is a {model_spec['kind']} for samples of shape "
                            f"{weights.sample_shape(model_spec)})")
         if args.torchcfm_out is not None and model_spec["kind"] != "torchcfm":
             raise CLIError("--torchcfm-out", args.torchcfm_out, _TORCHCFM_ONLY)
-        target = load_data(data, n=args.n_data, image_size=size, split=resolve_split(data, args.split, role="train"),
+        target = load_data(data, n=args.n_data, image_size=size, split=resolve_split(data, args.split,
+                                                                                     role="train"),
                            seed=args.data_seed, where=checked["where"], workers=args.workers)
         reduction = _reduction(args, model_spec)
         method = _method(args, finetune, target, pretrained, reduction, ctx.device)
@@ -210,7 +217,8 @@ def run(args: argparse.Namespace, *, finetune: bool) -> int:
 
                 atomic_write_json(args.history, result.history)
             last = result.history[-1] if result.history else {}
-            print(json.dumps({"step": last.get("step"), "loss": last.get("total"), "loss_reduction": reduction,
+            print(json.dumps({"step": last.get("step"), "loss": last.get("total"),
+                              "loss_reduction": reduction,
                               "resumed_from": result.resumed_from, "out": args.out}), flush=True)
         D.barrier()
     finally:

@@ -84,7 +84,8 @@ def fresh_spec(spec: ModelSpec, *, data_shape: tuple[int, ...] | None, image_siz
         raise CLIError("--model", str(spec), f"mlp for vector data of shape {data_shape}")
     if image_size is not None:
         cfg["image_size"] = int(image_size)
-    cfg["channel_mult"], cfg["attention_resolutions"] = list(cfg["channel_mult"]), list(cfg["attention_resolutions"])
+    for key in ("channel_mult", "attention_resolutions"):
+        cfg[key] = list(cfg[key])
     return {"kind": "unet", "config": cfg}
 
 
@@ -92,7 +93,8 @@ def _legacy_spec(raw: dict[str, Any]) -> dict[str, Any]:
     """model_spec of a file written by gftlib.experiments.train_cli (args.task 2d | images)."""
     args = raw.get("args") or {}
     if args.get("task") == "2d":
-        return {"kind": "mlp", "config": {"dim": 2, "hidden": int(args["hidden"]), "depth": int(args["depth"])}}
+        return {"kind": "mlp", "config": {"dim": 2, "hidden": int(args["hidden"]),
+                                          "depth": int(args["depth"])}}
     if args.get("task") == "images":
         from gftlib.models import unet_config
 
@@ -124,7 +126,8 @@ def load(option: str, spec: ModelSpec, *, image_size: int | None = None, ema: bo
     except Exception as err:  # noqa: BLE001 - any unreadable file is a bad argument
         raise CLIError(option, spec.value, f"a gftlib weights file ({WEIGHTS_FORMAT}): {err}") from None
     if not isinstance(raw, dict) or raw.get("format") != WEIGHTS_FORMAT:
-        hint = " (for a torchcfm checkpoint write torchcfm:PATH)" if isinstance(raw, dict) and "ema_model" in raw else ""
+        torchcfm_like = isinstance(raw, dict) and "ema_model" in raw
+        hint = " (for a torchcfm checkpoint write torchcfm:PATH)" if torchcfm_like else ""
         raise CLIError(option, spec.value, f"a gftlib weights file (format {WEIGHTS_FORMAT}){hint}")
     model_spec = raw.get("model_spec") or _legacy_spec(raw)
     if image_size is not None and model_spec["kind"] != "mlp" and sample_shape(model_spec)[-1] != image_size:

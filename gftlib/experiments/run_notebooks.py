@@ -16,6 +16,7 @@ import ast
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -105,11 +106,12 @@ def run_notebook(
         os.environ["GFT_RESULTS_DIR"] = str(Path(results_dir).resolve())
     os.environ["MPLBACKEND"] = "Agg"
     try:
-        pm.execute_notebook(
-            str(notebook), str(out), parameters=dict(parameters), kernel_name=kernel_name,
-            cwd=str(notebook.parent), progress_bar=False, log_output=False,
-            execution_timeout=timeout,
-        )
+        with tempfile.TemporaryDirectory(prefix="gftk-") as sockets:
+            pm.execute_notebook(
+                str(notebook), str(out), parameters=dict(parameters), kernel_name=kernel_name,
+                cwd=str(notebook.parent), progress_bar=False, log_output=False,
+                execution_timeout=timeout, config=_ipc_kernel_config(sockets),
+            )
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(
             f"notebook {notebook.name} failed in {_failing_cell(out)} "
@@ -122,6 +124,14 @@ def run_notebook(
             else:
                 os.environ[k] = v
     return out
+
+
+def _ipc_kernel_config(directory: str) -> Any:
+    """Kernel sockets as IPC files in ``directory`` (owner-only, local) instead of TCP ports: every TCP
+    kernel logs "Kernel is running over TCP without encryption" (ipykernel.kernelapp)."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(directory, "kernel")}})
 
 
 def _parse_value(text: str) -> Any:

@@ -1,4 +1,8 @@
-"""Command-line training: ``python -m gftlib.experiments.train_cli --task 2d --method scratch ...``.
+"""Legacy command-line training: ``python -m gftlib.experiments.train_cli --task 2d --method scratch ...``.
+
+Superseded by the ``gft`` command (:mod:`gftlib.cli`: pretrain / finetune / sample / eval on any
+data and model SPEC, torchcfm checkpoints included), which also reads the weights files written
+here. Kept unchanged for existing scripts and tests.
 
 Also runs under ``torchrun --nproc_per_node=N -m gftlib.experiments.train_cli ...`` (DDP; the
 batch size is the global batch). Re-running the same command with the same ``--checkpoint-dir``
