@@ -191,3 +191,33 @@ def test_torchrun_finetune_and_rank0_sampling(pretrained, tmp_path):
                  "--out", str(tmp_path / "one.npz"), "--no-progress"]) == 0
     with np.load(tmp_path / "ddp.npz") as a, np.load(tmp_path / "one.npz") as b:
         np.testing.assert_array_equal(a["x"], b["x"])
+
+
+def test_disk_data_folder_and_npz(tmp_path, capsys):
+    """folder:PATH and npz:PATH train a fresh UNet; eval compares with their held-out split; an empty
+    folder is refused naming the path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs" / "nested"
+    folder.mkdir(parents=True)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    np.save(tmp_path / "arr.npy", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8))
+    for data in (f"folder:{tmp_path / 'imgs'}", f"npz:{tmp_path / 'arr.npy'}"):
+        out = tmp_path / "w.pt"
+        assert main(["pretrain", "--data", data, "--model", "unet:tiny", "--image-size", "8", "--steps", "2",
+                     "--batch-size", "4", "--n-data", "8", "--workers", "0", "--out", str(out),
+                     "--no-progress"]) == 0
+        assert torch.load(out, weights_only=True)["model_spec"]["config"]["image_size"] == 8
+        report = tmp_path / "e.json"
+        assert main(["eval", "--weights", str(out), "--data", data, "--n", "4", "--n-ref", "2", "--nfe", "1",
+                     "--workers", "0", "--out", str(report), "--no-progress"]) == 0
+        assert json.loads(report.read_text())["split"] == "heldout"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--data", f"folder:{empty}", "--model", "unet:tiny", "--steps", "2",
+              "--out", str(tmp_path / "x.pt"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "--data" in err and str(empty) in err
