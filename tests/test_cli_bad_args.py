@@ -92,6 +92,9 @@ def test_bad_method_and_mismatched_weights(weights_file, capsys, tmp_path):
                   "--steps", "5",
                   "--out", str(tmp_path / "w.pt"), "--torchcfm-out", str(tmp_path / "t.pt")], capsys)
     assert "--torchcfm-out" in err and "only for torchcfm networks" in err
+    err = _fails(["eval", "--weights", weights_file, "--data", "patches:ihc", "--out", str(tmp_path / "e.json"),
+                  "--no-progress"], capsys)
+    assert "--data" in err and "'patches:ihc'" in err and "2d:NAME for a 2-D network" in err
     not_weights = tmp_path / "plain.pt"
     import torch
 

@@ -150,6 +150,9 @@ def _generated(args: argparse.Namespace, spec, image_size: int | None, device: t
     if args.samples is not None:
         return _load_samples(args.samples)
     model, shape, _ = load_for_sampling("--weights", spec, image_size=image_size, seed=args.seed)
+    if (len(shape) == 1) != args.data.startswith("2d:"):
+        raise CLIError("--data", args.data, f"data of the network's sample shape {shape} (2d:NAME for a 2-D "
+                       "network, an image SPEC for an image network)")
     fp = {"command": "eval", "weights": args.weights if spec.is_fresh else common.file_digest(spec.value),
           "n": args.n, "nfe": args.nfe, "solver": args.solver, "seed": args.seed,
           "batch_size": args.batch_size,
