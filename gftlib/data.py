@@ -1,5 +1,6 @@
 """Data: 2-D toy distributions, image patches from scikit-image's shipped images, optional local
-CIFAR-10 / WILDS image sets.
+CIFAR-10 / WILDS image sets loaded into memory (streaming readers for those and for image folders
+and arrays: :mod:`gftlib.image_sources`, :mod:`gftlib.wilds_sources`).
 
 Conventions: samples are data points (t = 1 end of the flow). 2-D sets have shape (n, 2) in
 float32 with mean 0 and variance 1 per coordinate in the population (exactly, by construction).
@@ -9,10 +10,8 @@ Images are float32 (n, 3, H, W) in [-1, 1]. Randomness only through an explicit 
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,25 +317,18 @@ def image_patches(source: str, *, size: int = 32, n: int, split: str = "train", 
 
 
 # --------------------------------------------------------------------------------------------
-# Optional local data sets (never downloaded).
+# Optional local data sets (never downloaded): in-memory loading on top of gftlib.image_sources.
 # --------------------------------------------------------------------------------------------
 
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10", "wilds-camelyon17", "wilds-rxrx1", "wilds-fmow", "wilds-<name>")
-
-_CIFAR_HELP = ("CIFAR-10 is not downloaded by gftlib. Get the python version from "
-               "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into root, so that "
-               "root/cifar-10-batches-py/data_batch_1 ... data_batch_5 and test_batch exist.")
-_WILDS_HELP = ("WILDS data is not downloaded by gftlib. Install the `wilds` package elsewhere and run "
-               "`wilds.get_dataset(dataset=NAME, download=True, root_dir=ROOT)` (or see "
-               "https://wilds.stanford.edu/datasets/), so that ROOT/NAME_v<version>/metadata.csv and the "
-               "image files it references exist.")
 
 
 @dataclass(frozen=True)
 class ImageDataset:
     """A loaded image set: images (n, 3, size, size) float32 in [-1, 1]; labels (n,) long or None
-    (CIFAR class; Camelyon17 ``tumor``); metadata: the WILDS metadata.csv rows (dicts of strings)
-    of the returned images, in order, or None (CIFAR-10); the resolved data directory."""
+    (CIFAR class; Camelyon17 ``tumor``; RxRx1 ``sirna_id``; FMoW category index); metadata: the WILDS
+    metadata rows (dicts of strings) of the returned images, in order, or None (CIFAR-10); the
+    resolved data directory."""
 
     images: Tensor
     labels: Tensor | None
@@ -357,181 +349,35 @@ def _subset(total: int, n: int | None, seed: int) -> np.ndarray:
     return np.sort(torch.randperm(total, generator=g)[:n].numpy())
 
 
-def _resize_batch(x: Tensor, size: int) -> Tensor:
-    """(n, 3, H, W) float -> (n, 3, size, size): centre crop to a square, then antialiased resize."""
-    h, w = x.shape[-2:]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    x = x[..., top:top + s, left:left + s]
-    if s == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def _load_cifar10(root: Path, split: str, size: int, n: int | None, seed: int) -> ImageDataset:
-    split = check_choice("split", split, ("train", "test"))
-    directory = root / "cifar-10-batches-py"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 directory not found: {directory}. {_CIFAR_HELP}")
-    if split == "train":
-        files = [directory / f"data_batch_{i}" for i in range(1, 6)]
-    else:
-        files = [directory / "test_batch"]
-    data, labels = [], []
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"CIFAR-10 file not found: {f}. {_CIFAR_HELP}")
-        with open(f, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-        arr = np.asarray(batch[b"data"], dtype=np.uint8)
-        if arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{f}: expected data of shape (N, 3072), got {arr.shape}")
-        data.append(arr)
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    all_data, all_labels = np.concatenate(data), np.concatenate(labels)
-    keep = _subset(all_data.shape[0], n, seed)
-    imgs = torch.from_numpy(all_data[keep].reshape(-1, 3, 32, 32)).float() / 127.5 - 1.0
-    imgs = _resize_batch(imgs, size).clamp(-1.0, 1.0)
-    return ImageDataset(images=imgs.contiguous(), labels=torch.from_numpy(all_labels[keep]), metadata=None,
-                        name="cifar10", split=split, directory=directory)
-
-
-_CAMELYON_SPLITS = {"train": "0", "id_val": "1"}  # metadata 'split'; centres 1 / 2 are 'val' / 'test'
-_CAMELYON_VAL_CENTER, _CAMELYON_TEST_CENTER = "1", "2"
-
-
-def _wilds_dir(root: Path, dataset: str) -> Path:
-    if not root.is_dir():
-        raise FileNotFoundError(f"WILDS root not found: {root}. {_WILDS_HELP.replace('NAME', dataset)}")
-    candidates = sorted(p for p in root.glob(f"{dataset}_v*") if p.is_dir())
-    if not candidates:
-        raise FileNotFoundError(f"WILDS dataset directory not found: {root / (dataset + '_v1.0')} "
-                                f"(looked for "
-                                f"{root / (dataset + '_v*')}). {_WILDS_HELP.replace('NAME', dataset)}")
-    return candidates[-1]
-
-
-def _wilds_file(dataset: str, row: Mapping[str, str], index: int) -> str:
-    """Relative path of the image of one metadata row."""
-    if dataset == "camelyon17":
-        p, nd = row["patient"], row["node"]
-        x, y = row["x_coord"], row["y_coord"]
-        return f"patches/patient_{p}_node_{nd}/patch_patient_{p}_node_{nd}_x_{x}_y_{y}.png"
-    if dataset == "rxrx1":
-        return f"images/{row['experiment']}/Plate{row['plate']}/{row['well']}_s{row['site']}.png"
-    if dataset == "fmow":
-        return f"images/rgb_img_{index}.png"
-    for key in ("filename", "img_filename", "image_path", "path", "file"):
-        if key in row:
-            return row[key]
-    raise ValueError(f"WILDS dataset {dataset!r}: metadata.csv has no image file column (one of filename, "
-                     f"img_filename, image_path, path, file); columns are {list(row)}")
-
-
-def _wilds_keep(dataset: str, row: Mapping[str, str], split: str) -> bool:
-    if split == "all":
-        return True
-    if dataset == "camelyon17":
-        center = row.get("center")
-        if split == "val":
-            return center == _CAMELYON_VAL_CENTER
-        if split == "test":
-            return center == _CAMELYON_TEST_CENTER
-        if split not in _CAMELYON_SPLITS:
-            raise ValueError(f"split must be one of 'all', 'train', 'id_val', 'val', 'test' for camelyon17, "
-                             f"got {split!r}")
-        return center not in (_CAMELYON_VAL_CENTER, _CAMELYON_TEST_CENTER) and \
-            str(row.get("split")) == _CAMELYON_SPLITS[split]
-    for key in ("split", "dataset"):
-        if key in row:
-            return row[key] == split
-    raise ValueError(f"WILDS dataset {dataset!r}: metadata.csv has no 'split' or 'dataset' column; "
-                     f"use split='all' (and `where=` filters), got split={split!r}")
-
-
-def _read_image(path: Path) -> Tensor:
-    """Read an image file as (3, H, W) float32 in [-1, 1] (grey replicated, alpha dropped)."""
-    import skimage.io
-    import skimage.util
-
-    arr = skimage.io.imread(str(path))
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3:
-        raise ValueError(f"{path}: unsupported image shape {arr.shape}")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    arr = skimage.util.img_as_float32(arr[:, :, :3])
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1) * 2.0 - 1.0
-
-
-def _load_wilds(dataset: str, root: Path, split: str, size: int, n: int | None, seed: int,
-                where: Mapping[str, Any] | None) -> ImageDataset:
-    directory = _wilds_dir(root, dataset)
-    meta_path = directory / "metadata.csv"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"WILDS metadata not found: {meta_path}. "
-                                f"{_WILDS_HELP.replace('NAME', dataset)}")
-    with open(meta_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise ValueError(f"{meta_path} has no rows")
-    where = dict(where or {})
-    for key in where:
-        if key not in rows[0]:
-            raise ValueError(f"where: column {key!r} is not in {meta_path} (columns: {list(rows[0])})")
-    chosen = [(i, r) for i, r in enumerate(rows)
-              if _wilds_keep(dataset, r, split) and all(r[k] == str(v) for k, v in where.items())]
-    if not chosen:
-        raise ValueError(f"no rows of {meta_path} match split={split!r} and where={where!r}")
-    keep = _subset(len(chosen), n, seed)
-    images, labels, meta = [], [], []
-    for j in keep:
-        i, row = chosen[int(j)]
-        path = directory / _wilds_file(dataset, row, i)
-        if not path.is_file():
-            raise FileNotFoundError(f"WILDS image not found: {path} (referenced by {meta_path}). "
-                                    f"{_WILDS_HELP.replace('NAME', dataset)}")
-        images.append(_resize_batch(_read_image(path)[None], size)[0])
-        meta.append(dict(row))
-        if dataset == "camelyon17" and "tumor" in row:
-            labels.append(int(float(row["tumor"])))
-    imgs = torch.stack(images).clamp(-1.0, 1.0).contiguous()
-    lab = torch.tensor(labels, dtype=torch.long) if len(labels) == len(images) else None
-    return ImageDataset(images=imgs, labels=lab, metadata=tuple(meta), name=f"wilds-{dataset}", split=split,
-                        directory=directory)
-
-
 def load_image_dataset(name: str, root: str | Path, *, split: str = "train", size: int = 32,
                        n: int | None = None, seed: int = 0,
                        where: Mapping[str, Any] | None = None) -> ImageDataset:
-    """Load an optional local image set as (n, 3, size, size) float32 in [-1, 1]. Never downloads.
+    """Load an optional local image set into memory as (n, 3, size, size) float32 in [-1, 1].
 
-    name "cifar10": ``root/cifar-10-batches-py/{data_batch_1..5, test_batch}`` (python pickle
-    format); split "train" | "test". name "wilds-<dataset>" (camelyon17, rxrx1, fmow, or any WILDS
-    set whose metadata.csv has a filename column): ``root/<dataset>_v<version>/metadata.csv`` plus the
-    image files it references, read with skimage.io; split "all", for camelyon17 the official WILDS
-    splits "train" | "id_val" | "val" (hospital 1) | "test" (hospital 2), otherwise a literal match
-    on the metadata's "split" (or "dataset") column; ``where`` adds column == value filters (e.g.
-    ``{"center": 3}``). Images are centre-cropped to a square and resized (antialiased) to ``size``.
-    ``n``: a random subset of that many images (sorted, from ``seed``); None = all.
-    A missing root or file raises FileNotFoundError naming the path and how to obtain the data.
+    For large sets stream instead: :func:`gftlib.image_sources.open_image_source` (same names and
+    layouts, plus image folders and .npy/.npz arrays) with :func:`gftlib.image_sources.image_loader`.
+    name "cifar10": ``root/cifar-10-batches-py/{data_batch_1..5, test_batch}``; split "train" | "test".
+    name "wilds-<dataset>" (camelyon17, rxrx1, fmow, or any WILDS set whose metadata.csv has a
+    filename column), layouts and official splits as in :mod:`gftlib.wilds_sources` (e.g. camelyon17
+    "train" | "id_val" | "val" (hospital 1) | "test" (hospital 2) | "all"); ``where`` adds column ==
+    value filters (e.g. ``{"center": 3}``). Images are centre-cropped to a square and resized
+    (antialiased) to ``size``. ``n``: a random subset of that many images (sorted, from ``seed``);
+    None = all. A missing root or file raises FileNotFoundError naming the path and how to obtain it.
     """
+    from gftlib.image_sources import open_image_source
+
     if not isinstance(name, str) or not (name == "cifar10" or (name.startswith("wilds-") and len(name) > 6)):
         raise ValueError(f"name must be 'cifar10' or 'wilds-<dataset>' (e.g. 'wilds-camelyon17'), "
                          f"got {name!r}")
-    if not isinstance(root, (str, Path)):
-        raise TypeError(f"root must be a path, got {type(root).__name__}")
-    if not isinstance(split, str):
-        raise TypeError(f"split must be a string, got {split!r}")
     size = check_positive_int("size", size, minimum=2)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {seed!r}")
-    root = Path(root).expanduser()
-    if name == "cifar10":
-        if where:
-            raise ValueError(f"where is only supported for WILDS data sets, got {where!r}")
-        if not root.is_dir():
-            raise FileNotFoundError(f"CIFAR-10 root not found: {root}. {_CIFAR_HELP}")
-        return _load_cifar10(root, split, size, n, seed)
-    return _load_wilds(name[len("wilds-"):], root, split, size, n, seed, where)
+    source = open_image_source(name, root, split=split, image_size=size, where=where)
+    keep = _subset(len(source), n, seed)
+    images = torch.stack([source[int(i)] for i in keep]) if len(keep) else torch.empty(0, 3, size, size)
+    labels = None if source.labels is None else source.labels[torch.from_numpy(keep)]
+    meta = None
+    if source.metadata is not None:
+        meta = tuple(source.metadata.iloc[keep].to_dict("records"))
+    return ImageDataset(images=images.contiguous(), labels=labels, metadata=meta, name=name, split=split,
+                        directory=source.directory)

@@ -9,6 +9,17 @@ Images are float (n, C, H, W) in [-1, 1] (gftlib's convention). Two extractors:
 - :func:`load_inception_features`: a local TorchScript Inception-v3 feature extractor in the NVlabs
   ``inception-2015-12-05.pt`` format (called as ``model(images_uint8_nchw, return_features=True)``
   -> (n, 2048)); with it the Fréchet distance is the standard FID.
+
+FID preprocessing convention (the one torchcfm reports, via clean-fid's ``legacy_tensorflow`` mode,
+which runs this same NVlabs network): a [-1, 1] image x is quantised to uint8 as
+``round((x + 1) * 127.5)`` clamped to [0, 255] (:func:`quantize_uint8`; torchcfm writes
+``(x * 127.5 + 128).clip(0, 255).to(uint8)``, the same values except at exact .5 ties) and passed
+at its own resolution; the network itself resizes to 299 x 299 (bilinear, align_corners=False) and
+maps v -> (v - 128) / 128, i.e. its Inception sees inputs in [-1, 1]. gftlib never resizes before
+the network and never downloads it. Only the TorchScript file is supported: pytorch-fid's and
+torch-fidelity's ``pt_inception-2015-12-05-*.pth`` are state dicts of their own Python Inception
+classes (not included), and are rejected with a message. Reference statistics in the pytorch-fid /
+clean-fid ``.npz`` format (``mu``, ``sigma``) are read by :func:`load_fid_statistics`.
 """
 
 from __future__ import annotations
@@ -19,15 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gftlib.io import atomic_path
 from gftlib.metrics import frechet_distance
 from gftlib.validation import check_positive_int, check_tensor, resolve_device
 
 __all__ = ["RandomConvFeatures", "InceptionFeatures", "load_inception_features", "extract_features",
-           "frechet_feature_distance", "INCEPTION_URL"]
+           "frechet_feature_distance", "INCEPTION_URL", "quantize_uint8", "feature_statistics",
+           "save_fid_statistics", "load_fid_statistics"]
 
 #: Where the NVlabs TorchScript Inception network can be obtained (gftlib never downloads it).
 INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
@@ -94,11 +108,17 @@ class RandomConvFeatures(nn.Module):
         return torch.cat(feats, dim=1)
 
 
+def quantize_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] float images -> uint8 ``round((x + 1) * 127.5)`` clamped to [0, 255] (same shape)."""
+    images = check_tensor("images", images)
+    return ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 class InceptionFeatures:
     """Wraps a TorchScript Inception feature network: images (n, 3, H, W) float in [-1, 1] -> (n, 2048).
 
-    Images are mapped to uint8 with ``round((x + 1) * 127.5)`` clamped to [0, 255] (the network
-    resizes to 299x299 itself) and passed as ``model(images_uint8, return_features=True)``.
+    Images are quantised by :func:`quantize_uint8` and passed at their own size as
+    ``model(images_uint8, return_features=True)``; the network resizes to 299x299 itself.
     """
 
     def __init__(self, model: Any, device: torch.device) -> None:
@@ -109,7 +129,7 @@ class InceptionFeatures:
         images = check_tensor("images", images, ndim=4)
         if images.shape[1] != 3:
             raise ValueError(f"Inception features need 3-channel images, got shape {tuple(images.shape)}")
-        u8 = ((images.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        u8 = quantize_uint8(images)
         with torch.no_grad():
             out = self.model(u8.to(self.device), return_features=True)
         return out.float()
@@ -128,7 +148,12 @@ def load_inception_features(path: str | Path, *, device: str | torch.device = "c
     with warnings.catch_warnings():  # the NVlabs file is TorchScript; torch >= 2.10 flags jit as deprecated
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated",
                                 category=DeprecationWarning)
-        model = torch.jit.load(str(p), map_location=dev)
+        try:
+            model = torch.jit.load(str(p), map_location=dev)
+        except RuntimeError as exc:
+            raise ValueError(f"{p} is not a TorchScript file (expected NVlabs' inception-2015-12-05.pt from "
+                             f"{INCEPTION_URL}; pytorch-fid / torch-fidelity .pth state dicts are not "
+                             f"supported): {str(exc).splitlines()[0]}") from exc
     model.eval()
     return InceptionFeatures(model, dev)
 
@@ -169,3 +194,33 @@ def frechet_feature_distance(a_images: Tensor, b_images: Tensor, extractor: Feat
     fa = extract_features(a_images, extractor, batch_size=batch_size)
     fb = extract_features(b_images, extractor, batch_size=batch_size)
     return frechet_distance(fa, fb, method=method)
+
+
+def feature_statistics(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(n, F) features -> (mu (F,), sigma (F, F)) in float64, sigma with ddof = 1 (as pytorch-fid)."""
+    f = check_tensor("features", features, ndim=2).detach().to("cpu", torch.float64).numpy()
+    if f.shape[0] < 2:
+        raise ValueError(f"features must have at least 2 rows, got {f.shape[0]}")
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def save_fid_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> Path:
+    """Atomically write ``mu``, ``sigma`` as an .npz in pytorch-fid's / clean-fid's format."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    return Path(path)
+
+
+def load_fid_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read reference statistics (``mu`` (F,), ``sigma`` (F, F)) from a pytorch-fid / clean-fid .npz."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"FID statistics file not found: {p} (expected an .npz with mu and sigma)")
+    with np.load(p, allow_pickle=False) as z:
+        if "mu" not in z.files or "sigma" not in z.files:
+            raise ValueError(f"{p}: expected arrays 'mu' and 'sigma', found {list(z.files)}")
+        mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{p}: mu must be (F,) and sigma (F, F), got {mu.shape} and {sigma.shape}")
+    return mu, sigma

@@ -24,6 +24,7 @@ __all__ = [
     "ks_statistic",
     "ks_two_sample",
     "frechet_distance",
+    "frechet_distance_from_moments",
     "FRECHET_METHODS",
     "mean_path_length",
     "mean_straightness",
@@ -223,28 +224,56 @@ def _trace_sqrt_product(s_a: np.ndarray, s_b: np.ndarray, method: str) -> float:
     return float(np.trace(covmean))
 
 
+def _moment(name: str, value: Any, ndim: int) -> np.ndarray:
+    arr = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    arr = np.atleast_1d(arr.astype(np.float64)) if ndim == 1 else np.atleast_2d(arr.astype(np.float64))
+    if arr.ndim != ndim or (ndim == 2 and arr.shape[0] != arr.shape[1]):
+        raise ValueError(f"{name} must be a {'vector (F,)' if ndim == 1 else 'square matrix (F, F)'}, "
+                         f"got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must contain only finite values")
+    return arr
+
+
+def frechet_distance_from_moments(mu_a: Any, sigma_a: Any, mu_b: Any, sigma_b: Any, *,
+                                  method: str = "sqrtm") -> float:
+    """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b) (the FID formula on moments).
+
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}) in float64, ``method`` as in
+    :func:`frechet_distance`. Takes precomputed statistics, e.g. pytorch-fid / clean-fid reference
+    files (``mu``, ``sigma``; see :func:`gftlib.features.load_fid_statistics`).
+    """
+    method = check_choice("method", method, FRECHET_METHODS)
+    mu_a, mu_b = _moment("mu_a", mu_a, 1), _moment("mu_b", mu_b, 1)
+    s_a, s_b = _moment("sigma_a", sigma_a, 2), _moment("sigma_b", sigma_b, 2)
+    if not (mu_a.shape[0] == mu_b.shape[0] == s_a.shape[0] == s_b.shape[0]):
+        raise ValueError(f"feature dimensions differ: mu_a {mu_a.shape}, sigma_a {s_a.shape}, "
+                         f"mu_b {mu_b.shape}, "
+                         f"sigma_b {s_b.shape}")
+    diff = mu_a - mu_b
+    value = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * _trace_sqrt_product(s_a, s_b, method))
+    return max(value, 0.0)
+
+
 def frechet_distance(feat_a: Any, feat_b: Any, *, method: str = "sqrtm") -> float:
     """Fréchet distance between Gaussians fitted to features (n, F) and (m, F) (the FID formula).
 
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}), sample covariances with ddof = 1, float64.
-    method "sqrtm" (default, the usual FID computation): ``scipy.linalg.sqrtm`` of S_a S_b; if that is
-    not finite (singular product) 1e-6 I is added to both covariances; a small imaginary part from
-    round-off is dropped, a large one raises. method "eigh": the same trace from the symmetric
-    eigenvalues of S_a^{1/2} S_b S_a^{1/2} (exact, real by construction, ~3x faster; preferable for
-    F = 2048 on a CPU or with singular covariances). Negative round-off results are clipped to 0.
-    n, m >= 2.
+    method "sqrtm" (default, the usual FID computation, as pytorch-fid's
+    ``calculate_frechet_distance``; equal to it to relative 1e-6, tested): ``scipy.linalg.sqrtm`` of
+    S_a S_b; if that is not finite (singular product) 1e-6 I is added to both covariances; a small
+    imaginary part from round-off is dropped, a large one raises. method "eigh": the same trace from
+    the symmetric eigenvalues of S_a^{1/2} S_b S_a^{1/2} (exact, real by construction, ~3x faster;
+    preferable for F = 2048 on a CPU or with singular covariances). Negative round-off results are
+    clipped to 0. n, m >= 2.
     """
     method = check_choice("method", method, FRECHET_METHODS)
     a, b = _as_points("feat_a", feat_a, min_n=2).numpy(), _as_points("feat_b", feat_b, min_n=2).numpy()
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feat_a and feat_b must have the same feature dimension, got {a.shape[1]} "
                          f"and {b.shape[1]}")
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    s_a = np.atleast_2d(np.cov(a, rowvar=False))
-    s_b = np.atleast_2d(np.cov(b, rowvar=False))
-    diff = mu_a - mu_b
-    value = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * _trace_sqrt_product(s_a, s_b, method))
-    return max(value, 0.0)
+    return frechet_distance_from_moments(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0),
+                                         np.cov(b, rowvar=False), method=method)
 
 
 def mean_path_length(result: Any) -> float:

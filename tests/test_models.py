@@ -361,7 +361,7 @@ def test_build_model_rejects_unknown_names():
         unet_config("huge")
     with pytest.raises(ValueError, match="unknown UNet config name 'huge'"):
         build_model("unet", config="huge")
-    with pytest.raises(ValueError, match="kind must be one of 'mlp', 'unet'; got 'transformer'"):
+    with pytest.raises(ValueError, match="kind must be one of 'mlp', 'unet', 'torchcfm'; got 'transformer'"):
         build_model("transformer", dim=2)
     with pytest.raises(TypeError, match=r"unknown unet model argument\(s\) \['widht'\]"):
         build_model("unet", config="tiny", widht=3)

@@ -2,6 +2,8 @@
 
 ``MLPVelocity`` for vectors ``(n, d)``, ``UNetVelocity`` for images ``(n, C, H, W)``; named UNet
 presets via :func:`unet_config`; :func:`build_model` builds either from a plain config dict.
+Models from other libraries: :func:`load_torchcfm` / :func:`save_torchcfm` (torchcfm checkpoints),
+:func:`flow_matching_velocity` (Meta flow_matching) and :class:`VelocityAdapter` (any module).
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from gftlib.models.adapters import (ADAPTER_SIGNATURES, ADAPTER_TIME_SHAPES, VelocityAdapter,
+                                   flow_matching_velocity)
 from gftlib.models.embeddings import SinusoidalTimeEmbedding, sinusoidal_embedding
 from gftlib.models.mlp import ACTIVATIONS, MLPVelocity
+from gftlib.models.torchcfm import (TORCHCFM_CIFAR10, TorchCFMVelocity, load_torchcfm, save_torchcfm,
+                                   torchcfm_state_dict)
 from gftlib.models.unet import UNET_CONFIGS, UNetVelocity, group_count, to_fast_layout, unet_config
 from gftlib.validation import check_choice
 
@@ -30,15 +36,25 @@ __all__ = [
     "count_parameters",
     "group_count",
     "to_fast_layout",
+    "TORCHCFM_CIFAR10",
+    "TorchCFMVelocity",
+    "load_torchcfm",
+    "save_torchcfm",
+    "torchcfm_state_dict",
+    "VelocityAdapter",
+    "flow_matching_velocity",
+    "ADAPTER_SIGNATURES",
+    "ADAPTER_TIME_SHAPES",
 ]
 
-_KINDS: dict[str, type[nn.Module]] = {"mlp": MLPVelocity, "unet": UNetVelocity}
+_KINDS: dict[str, type[nn.Module]] = {"mlp": MLPVelocity, "unet": UNetVelocity, "torchcfm": TorchCFMVelocity}
 #: Names accepted by :func:`build_model`.
 MODEL_KINDS: tuple[str, ...] = tuple(_KINDS)
 
 
 def build_model(kind: str, *, seed: int | None = None, **cfg: Any) -> nn.Module:
-    """Build ``MLPVelocity(**cfg)`` (``kind="mlp"``) or ``UNetVelocity(**cfg)`` (``kind="unet"``).
+    """Build ``MLPVelocity(**cfg)`` (``kind="mlp"``), ``UNetVelocity(**cfg)`` (``kind="unet"``) or
+    ``TorchCFMVelocity(**cfg)`` (``kind="torchcfm"``: torchcfm's UNet, TORCHCFM_CIFAR10 + overrides).
 
     For ``kind="unet"``, ``config="tiny" | "small" | "cifar10"`` starts from :func:`unet_config` and
     the other keys override it. ``seed`` initialises the weights from ``torch.manual_seed(seed)``
@@ -48,7 +64,12 @@ def build_model(kind: str, *, seed: int | None = None, **cfg: Any) -> nn.Module:
     cls = _KINDS[check_choice("kind", kind, MODEL_KINDS)]
     if kind == "unet" and "config" in cfg:
         cfg = {**unet_config(cfg.pop("config")), **cfg}
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    if kind == "torchcfm":
+        from gftlib.models.torchcfm import _wrapper_args
+
+        allowed = _wrapper_args()
+    else:
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(cfg) - set(allowed))
     if unknown:
         raise TypeError(f"unknown {kind} model argument(s) {unknown}; allowed: {allowed}")
