@@ -61,7 +61,8 @@ def render_notebook(src: Path, dst: Path) -> str:
     nb = nbformat.read(src, as_version=4)
     title = notebook_title(nb, src.stem)
     nav = nbformat.v4.new_markdown_cell(
-        f"[Index](../index.html) · [API reference](../{API_ENTRY}) · executed copy of `notebooks/{src.name}`")
+        f"[Index](../index.html) · [API reference](../{API_ENTRY}) · "
+        f"executed copy of `notebooks/{src.name}`")
     nb.cells.insert(0, nav)
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
@@ -72,11 +73,13 @@ def render_notebook(src: Path, dst: Path) -> str:
 def _index_html(pages: list[NotebookPage]) -> str:
     rows = []
     for p in pages:
-        figs = "".join(f'<a href="{html.escape(f)}"><img src="{html.escape(f)}" alt="{html.escape(Path(f).stem)}" '
-                       'loading="lazy"></a>' for f in p.figures)
+        figs = "".join(f'<a href="{html.escape(f)}"><img src="{html.escape(f)}" '
+                       f'alt="{html.escape(Path(f).stem)}" loading="lazy"></a>' for f in p.figures)
         rows.append(f'<section><h2><a href="{html.escape(p.page)}">{html.escape(p.title)}</a></h2>'
-                    f'<p><code>notebooks/{html.escape(p.stem)}.ipynb</code></p><div class="figs">{figs}</div></section>')
-    listing = "\n".join(rows) if rows else "<p>No executed notebooks found: run <code>make figures</code> first.</p>"
+                    f'<p><code>notebooks/{html.escape(p.stem)}.ipynb</code></p>'
+                    f'<div class="figs">{figs}</div></section>')
+    none = "<p>No executed notebooks found: run <code>make figures</code> first.</p>"
+    listing = "\n".join(rows) if rows else none
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gft-companion</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}}
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notebooks", type=Path, default=Path("build/notebooks"), help="executed notebooks")
     ap.add_argument("--figures", type=Path, default=Path("figures"), help="figures the notebooks wrote")
-    ap.add_argument("--site", type=Path, default=Path("build/site"), help="output folder (api/ already there)")
+    ap.add_argument("--site", type=Path, default=Path("build/site"),
+                    help="output folder (with the API reference already in api/)")
     args = ap.parse_args(argv)
     pages = build_site(args.notebooks, args.figures, args.site)
     links = check_links(args.site)

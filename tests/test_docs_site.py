@@ -73,7 +73,8 @@ def _executed_notebook(path: Path) -> None:
     params.metadata["tags"] = ["parameters"]
     out = new_code_cell("print('TV = 0.5')", execution_count=2,
                         outputs=[new_output("stream", name="stdout", text="TV = 0.5\n"),
-                                 new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"})])
+                                 new_output("display_data",
+                                            data={"image/png": _png(), "text/plain": "<Figure>"})])
     nb = new_notebook(cells=[new_markdown_cell("# T9 — a tiny check\n\nSee [the proof](#Proof)."), params, out,
                              new_markdown_cell("## Proof\n\nTrivial.")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

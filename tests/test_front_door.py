@@ -60,7 +60,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_core_never_imports_experiments() -> None:
     assert len(CORE) >= 15
-    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.startswith("gftlib.experiments"))
-                 for p in CORE}
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
+                                                   if n.startswith("gftlib.experiments")) for p in CORE}
     assert {k: v for k, v in offenders.items() if v} == {}
     assert all(not m.startswith("gftlib.experiments") for m in gftlib._EXPORTS.values())

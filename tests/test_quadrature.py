@@ -81,7 +81,8 @@ def test_density_range_and_crossings_helpers() -> None:
 def test_mixture_1d_and_check_list_name_the_bad_input() -> None:
     assert mixture_1d("q", {"weights": [1.0], "means": [0.0], "stds": [1.0]}).dim == 1
     with pytest.raises(ValueError, match=r"target_mixture must be a 1-D mixture \(the OT map is 1-D\), got dimension 2"):
-        mixture_1d("target_mixture", {"weights": [1.0], "means": [[0.0, 1.0]], "stds": [1.0]}, why="the OT map is 1-D")
+        mixture_1d("target_mixture", {"weights": [1.0], "means": [[0.0, 1.0]], "stds": [1.0]},
+                   why="the OT map is 1-D")
     with pytest.raises(TypeError, match="a must be a 1-D GaussianMixture"):
         exact_tv_by_crossings("q", gm([1.0], [0.0], [1.0]))
     with pytest.raises(ValueError, match="hi must be > lo"):

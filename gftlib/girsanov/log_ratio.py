@@ -47,7 +47,8 @@ class PathLogRatio:
                                  "KL estimate: mean of the along-path integral of |b1 - b2|^2 / (2 g^2).")
     se_path_integral = _estimate(lambda r: r.kl_integral, 1, "Standard error of :attr:`kl_path_integral`.")
     mean_difference = _estimate(lambda r: r.log_ratio - r.kl_integral, 0,
-                                "Mean of ``log_ratio - kl_integral`` (expectation exactly 0 for Euler–Maruyama chains).")
+                                "Mean of ``log_ratio - kl_integral`` (expectation exactly 0 for Euler–Maruyama "
+                                "chains).")
     se_difference = _estimate(lambda r: r.log_ratio - r.kl_integral, 1,
                               "Standard error of the paired difference ``log_ratio - kl_integral``.")
 

@@ -24,8 +24,8 @@ comparison), :mod:`~gftlib.gradients.monotone` (1-D monotone couplings and their
 :mod:`~gftlib.gradients.statistics` (log-log slopes, Hotelling critical values).
 """
 
-from gftlib.gradients.linear_field import (GradientComparison, LinearField, PerSampleGradients, default_features_1d,
-                                           regression_gradients)
+from gftlib.gradients.linear_field import (GradientComparison, LinearField, PerSampleGradients,
+                                           default_features_1d, regression_gradients)
 from gftlib.gradients.monotone import MonotoneCoupling, monotone_grid, quantile_map
 from gftlib.gradients.statistics import SlopeFit, hotelling_critical, loglog_slope
 from gftlib.gradients.terms import GradientTerms, combined_gradient_norm

@@ -1,7 +1,7 @@
 """A linear field b_theta(x, t) = phi(x, t) theta and its per-sample regression gradients (THEORY T4).
 
-The per-sample gradient of |b_theta(x_i, t_i) - y_i|^2 is g_i = 2 sum_d phi_i[d, :] (b_theta(x_i, t_i)[d] - y_i[d])
-(F,), so every gradient estimate comes with a per-sample standard error. Everything is float64;
+The per-sample gradient of |b_theta(x_i, t_i) - y_i|^2 is
+g_i = 2 sum_d phi_i[d, :] (b_theta(x_i, t_i)[d] - y_i[d]) (F,), so every gradient estimate comes with a per-sample standard error. Everything is float64;
 t = 0 noise, t = 1 data.
 """
 
@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from gftlib.validation import check_finite_number, check_tensor
 
-__all__ = ["default_features_1d", "LinearField", "regression_gradients", "PerSampleGradients", "GradientComparison"]
+__all__ = ["default_features_1d", "LinearField", "regression_gradients", "PerSampleGradients",
+           "GradientComparison"]
 
 _F64 = torch.float64
 

@@ -84,8 +84,8 @@ class GradientTerms:
         cond = regression_gradients(self.field, path.xt, path.t, path.target)
         out["tgt_ot"] = PerSampleGradients(
             cond, regression_gradients(self.field, path.xt, path.t, self.ot.velocity(path.xt, path.t)))
-        out["control"] = PerSampleGradients(   # OT pairs vs the independent coupling's field: biased
-            cond, regression_gradients(self.field, path.xt, path.t, self.target_path.velocity(path.xt, path.t)))
+        wrong = self.target_path.velocity(path.xt, path.t)   # the independent coupling's field: biased
+        out["control"] = PerSampleGradients(cond, regression_gradients(self.field, path.xt, path.t, wrong))
         x0 = self._x0(n, g)
         t = interp.t_eps + (1 - 2 * interp.t_eps) * torch.rand(n, generator=g, dtype=_F64)
         xt = (1 - t[:, None]) * x0 + t[:, None] * self.pretrained.sample(n, g)
