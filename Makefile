@@ -38,7 +38,7 @@ export PYTHONHASHSEED := 0
 
 help: ## List the targets
 	@echo "gft-companion targets (PROFILE=$(PROFILE), DEVICE=$(DEVICE), TORCH_SPEC=$(TORCH_SPEC)):"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
