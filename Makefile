@@ -18,6 +18,14 @@ NOTEBOOKS   := $(sort $(wildcard notebooks/*.ipynb))
 STEMS       := $(notdir $(basename $(NOTEBOOKS)))
 RESULTS     := $(patsubst %,results/%.json,$(STEMS))
 LIB_SOURCES := $(shell find gftlib -name '*.py' 2>/dev/null)
+# Percent-format twins of the notebooks (git-ignored); the folder is fixed by jupytext.toml's pairing.
+NBSRC       := build/nbsrc
+# `make site`: executed notebooks (left by `make figures`), the figures, and the API reference.
+SITE        ?= $(BUILD)/site
+SITE_NOTEBOOKS ?= $(BUILD)/notebooks
+SITE_FIGURES ?= figures
+# Every gftlib module by name: pdoc follows a package's __all__, which lists the front door's names only.
+API_MODULES := $(sort $(subst /,.,$(patsubst %/__init__,%,$(basename $(LIB_SOURCES)))))
 
 # One intra-op thread: the committed figures were made so (small models run faster single-threaded on
 # 2 cores, and results are bitwise reproducible only at a fixed thread count). Override on big machines.
@@ -26,11 +34,11 @@ export OMP_NUM_THREADS
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup figures test test-fast smoke bench lab clean distclean
+.PHONY: help setup figures test test-fast smoke bench lab nb2py py2nb sync docs site clean distclean
 
 help: ## List the targets
 	@echo "gft-companion targets (PROFILE=$(PROFILE), DEVICE=$(DEVICE), TORCH_SPEC=$(TORCH_SPEC)):"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -63,8 +71,36 @@ smoke: $(STAMP) ## Run every notebook on the tiny smoke profile into $(BUILD)/sm
 bench: $(STAMP) ## Benchmarks against torchcfm; writes benchmarks/results-<machine>.json and .md
 	$(PY) -m benchmarks.run --device $(DEVICE)
 
-lab: $(STAMP) ## Open JupyterLab on the project's own kernel
-	$(VENV)/bin/jupyter lab notebooks/
+# JupyterLab refuses to start as root (containers) unless told --allow-root; add it only there.
+LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
+
+lab: $(STAMP) ## Open JupyterLab at the repo root (saving a notebook also writes its build/nbsrc/ twin)
+	$(VENV)/bin/jupyter lab $(LAB_ROOT_FLAG) --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks
+
+nb2py: $(STAMP) ## Write every notebook as a percent script build/nbsrc/<stem>.py (jupytext; overwrites)
+	@mkdir -p $(NBSRC); for nb in $(NOTEBOOKS); do \
+	    $(VENV)/bin/jupytext --quiet --to py:percent --output $(NBSRC)/$$(basename $$nb .ipynb).py $$nb || exit 1; \
+	done
+	@echo "wrote $(NBSRC)/*.py: edit them, then 'make py2nb' (or 'make sync')"
+
+py2nb: $(STAMP) ## Write every build/nbsrc/<stem>.py back to notebooks/<stem>.ipynb (new ones too; no outputs)
+	@for py in $(wildcard $(NBSRC)/*.py); do \
+	    nb=notebooks/$$(basename $$py .py).ipynb; \
+	    if [ -f $$nb ]; then $(VENV)/bin/jupytext --to ipynb --update --output $$nb $$py || exit 1; \
+	    else $(VENV)/bin/jupytext --to ipynb --set-kernel python3 --output $$nb $$py || exit 1; fi; \
+	done
+
+sync: $(STAMP) ## jupytext --sync every notebook with its build/nbsrc/ script (the newer side wins)
+	$(VENV)/bin/jupytext --sync $(NOTEBOOKS) $(wildcard $(NBSRC)/*.py)
+
+docs: $(STAMP) ## API reference from the docstrings (pdoc) into $(SITE)/api
+	rm -rf $(SITE)/api
+	@# pdoc warns once per module that both its package walk and the explicit list name (harmless)
+	set -o pipefail; $(VENV)/bin/pdoc --docformat restructuredtext --output-directory $(SITE)/api $(API_MODULES) 2>&1 \
+	    | { grep -v 'has already been added' || true; }
+
+site: docs ## Static site: executed notebooks in $(SITE_NOTEBOOKS) as HTML + figures + API reference, links checked
+	$(PY) scripts/build_site.py --notebooks $(SITE_NOTEBOOKS) --figures $(SITE_FIGURES) --site $(SITE)
 
 clean: ## Remove generated outputs (build dir, caches); keeps sources, committed figures/results
 	rm -rf $(BUILD) .pytest_cache

@@ -1,7 +1,90 @@
 """gftlib: Gradual Fine-Tuning (GFT) for flow matching models.
 
 Conventions: t = 0 is noise (p0 = N(0, I)), t = 1 is data; batches are (n, *shape); a velocity field
-is ``field(x, t)`` with ``t`` of shape (n,). See docs/API.md.
+is ``field(x, t)`` with ``t`` of shape (n,).
+
+The front door: the core API in ``__all__``, one hop from ``import gftlib``::
+
+    import gftlib
+    path = gftlib.Interpolant(sigma=0.0)                      # x_t = (1 - t) x0 + t x1 (+ noise)
+    coupling = gftlib.make_coupling("ot")                     # pairs (x0, x1): minibatch OT
+    schedule = gftlib.make_schedule("cosine", 4.0, 1000)      # beta_k, cooled to 0
+    model = gftlib.MLPVelocity(dim=2)
+    loss = gftlib.gft_loss(model, target_batch, beta, pretrained_batch).total
+    x1 = gftlib.sample_ode(model, x0).x
+
+Names are imported on first use (PEP 562), so ``import gftlib`` itself stays cheap (it does not
+import torch). Train with ``gftlib.train.train(model, objective, gftlib.TrainConfig(...))``. Everything else
+lives in the submodules (``gftlib.analytic``, ``gftlib.metrics``, ...; the notebook layer in
+``gftlib.experiments``, which no core module imports). The reference is generated from the
+docstrings: ``make docs``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# name -> submodule that defines it (the one place each name comes from)
+_EXPORTS: dict[str, str] = {
+    # paths and couplings
+    "Interpolant": "gftlib.interpolants",
+    "PathSample": "gftlib.interpolants",
+    "make_coupling": "gftlib.couplings",
+    "IndependentCoupling": "gftlib.couplings",
+    "ExactOTCoupling": "gftlib.couplings",
+    "SinkhornCoupling": "gftlib.couplings",
+    # losses and cooling schedules
+    "cfm_loss": "gftlib.losses",
+    "gft_loss": "gftlib.losses",
+    "DriftBatch": "gftlib.losses",
+    "make_schedule": "gftlib.schedules",
+    "CoolingSchedule": "gftlib.schedules",
+    "default_schedule_options": "gftlib.schedules",
+    # samplers
+    "sample_ode": "gftlib.samplers",
+    "sample_sde": "gftlib.samplers",
+    # models
+    "MLPVelocity": "gftlib.models",
+    "UNetVelocity": "gftlib.models",
+    "build_model": "gftlib.models",
+    # the objective builders (target term, pretrained-term caches, reflow) and training. The training
+    # loop itself is ``gftlib.train.train``: the name ``gftlib.train`` is the submodule (Python sets it
+    # on import), so the function cannot also sit at the front door until the loop moves to a package
+    # of its own (issue 13: gftlib/training/).
+    "FlowMatchingObjective": "gftlib.objectives",
+    "PretrainedCouplingCache": "gftlib.objectives",
+    "PretrainedDriftCache": "gftlib.objectives",
+    "ReflowObjective": "gftlib.objectives",
+    "TrainConfig": "gftlib.train",
+    "TrainResult": "gftlib.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
+    from gftlib.couplings import ExactOTCoupling, IndependentCoupling, SinkhornCoupling, make_coupling
+    from gftlib.interpolants import Interpolant, PathSample
+    from gftlib.losses import DriftBatch, cfm_loss, gft_loss
+    from gftlib.models import MLPVelocity, UNetVelocity, build_model
+    from gftlib.objectives import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
+                                   ReflowObjective)
+    from gftlib.samplers import sample_ode, sample_sde
+    from gftlib.schedules import CoolingSchedule, default_schedule_options, make_schedule
+    from gftlib.train import TrainConfig, TrainResult
+
+
+def __getattr__(name: str) -> Any:
+    """Import a front-door name from its submodule on first access (then cache it here)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gftlib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

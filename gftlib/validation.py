@@ -8,7 +8,7 @@ Each helper validates one parameter where it enters the library and raises a ``V
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "check_tensor",
     "check_same_shape",
     "check_probability_vector",
+    "check_list",
     "resolve_device",
 ]
 
@@ -152,3 +153,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 )
         return torch.device(device)
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def check_list(name: str, values: Any, check: Callable[[str, Any], Any]) -> list[Any]:
+    """A non-empty list or tuple, each entry validated by ``check(f"{name}[i]", value)`` (which returns the
+    clean value or raises naming the entry); returns the clean values as a list."""
+    if not isinstance(values, (list, tuple)) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty list, got {values!r}")
+    return [check(f"{name}[{i}]", v) for i, v in enumerate(values)]

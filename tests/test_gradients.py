@@ -11,7 +11,8 @@ import scipy.stats
 import torch
 
 from gftlib.analytic import GaussianMixture, GaussianMixturePath
-from gftlib.gradients import (LinearField, MonotoneCoupling, PerSampleGradients, default_features_1d, loglog_slope,
+from gftlib.gradients import (GradientTerms, LinearField, MonotoneCoupling, PerSampleGradients,
+                              combined_gradient_norm, default_features_1d, hotelling_critical, loglog_slope,
                               monotone_grid, quantile_map, regression_gradients)
 from gftlib.interpolants import Interpolant
 from gftlib.losses import regression_loss
@@ -224,3 +225,58 @@ def test_loglog_slope_rejects_bad_input() -> None:
         loglog_slope([1, 2, 3], [1, 0, 2])
     with pytest.raises(ValueError, match="at least two distinct values"):
         loglog_slope([5, 5, 5], [1, 2, 3])
+
+
+# ----------------------------------------------------------------------------------------- T4 terms, statistics
+def test_hotelling_critical_is_the_t_quantile_squared_for_one_feature_and_tends_to_chi2() -> None:
+    # F = 1: T^2 = t_{n-1}^2, so its upper-level quantile is the two-sided t quantile squared
+    for n in (5, 30, 400):
+        t = scipy.stats.t.ppf(1 - 0.01 / 2, n - 1)
+        assert hotelling_critical(n, 1, 0.01) == pytest.approx(t * t, rel=1e-10)
+    assert hotelling_critical(10**7, 6, 1e-3) == pytest.approx(scipy.stats.chi2.ppf(1 - 1e-3, 6), rel=1e-5)
+    with pytest.raises(ValueError, match="n must exceed n_features = 6"):
+        hotelling_critical(6, 6, 0.01)
+    with pytest.raises(ValueError, match=r"level must lie in \(0, 1\)"):
+        hotelling_critical(60, 6, 1.0)
+
+
+def _terms(sigma: float = 0.5) -> GradientTerms:
+    pre = GaussianMixture.from_dict({"weights": [1.0], "means": [0.0], "stds": [1.0]})
+    return GradientTerms(field=LinearField(torch.randn(6, generator=gen(3), dtype=F64)),
+                         interpolant=Interpolant(sigma=sigma, t_eps=0.02), target=BIMODAL,
+                         target_path=GaussianMixturePath(BIMODAL, sigma=sigma),
+                         ot=MonotoneCoupling.from_mixture(BIMODAL, sigma), pretrained=pre,
+                         pretrained_path=GaussianMixturePath(pre, sigma=0.0),
+                         pretrained_coupling=MonotoneCoupling.from_mixture(pre, sigma))
+
+
+def test_gradient_terms_are_reproducible_unbiased_and_the_control_is_not() -> None:
+    terms = _terms()
+    a, b = terms.draw(3000, gen(7)), terms.draw(3000, gen(7))
+    assert tuple(a) == GradientTerms.KEYS
+    for key in GradientTerms.KEYS:
+        assert a[key].conditional.shape == (3000, 6)
+        assert torch.equal(a[key].conditional, b[key].conditional)
+        assert torch.equal(a[key].marginal, b[key].marginal)
+    assert torch.equal(a["pre_drift"].conditional, a["pre_drift"].marginal)   # drift form: already marginal
+    assert torch.equal(a["control"].conditional, a["tgt_ot"].conditional)     # the control shares the OT draw
+    # T4: conditional and marginal gradients differ by mean-zero noise (Hotelling at level 1e-6 over 3 tests);
+    # the control regresses OT pairs on the wrong (independent) field and is biased
+    crit = hotelling_critical(3000, 6, 1e-6 / 3)
+    for key in ("tgt_independent", "tgt_ot", "pre_coupling"):
+        assert a[key].compare().hotelling < crit, key
+    assert a["control"].compare().hotelling > 10 * crit
+
+
+def test_gradient_terms_and_combined_norm_reject_bad_input() -> None:
+    with pytest.raises(TypeError, match="ot must be a MonotoneCoupling"):
+        GradientTerms(**{**_terms().__dict__, "ot": BIMODAL})
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        _terms().draw(1, gen())
+    g_t, g_p = torch.tensor([3.0, 0.0], dtype=F64), torch.tensor([0.0, 4.0], dtype=F64)
+    assert combined_gradient_norm(g_t, g_p, 1.0) == pytest.approx(2.5)     # |(3, 4)| / 2
+    assert combined_gradient_norm(g_t, g_p, 0.0) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        combined_gradient_norm(g_t, g_p, -1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        combined_gradient_norm(g_t, g_p[:1], 1.0)

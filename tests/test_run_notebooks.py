@@ -90,21 +90,3 @@ def test_resolve_parameters_seeds_the_global_generators() -> None:
         draws.append((torch.rand(3), np.random.rand(3), random.random()))
     assert torch.equal(draws[0][0], draws[1][0])
     assert np.array_equal(draws[0][1], draws[1][1]) and draws[0][2] == draws[1][2]
-
-
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_percent_script_round_trip(notebook: Path) -> None:
-    # scripts/nb2py.py then scripts/py2nb.py reproduce every cell (the authoring path from a clone)
-    import importlib.util
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, notebook.parents[1] / "scripts" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    original = nbformat.read(notebook, as_version=4)
-    rebuilt = load("py2nb").convert(load("nb2py").to_percent(original))
-    cells = lambda nb: [(c.cell_type, c.source, c.get("metadata", {}).get("tags", [])) for c in nb.cells]  # noqa: E731
-    assert cells(rebuilt) == cells(original)
-    assert all(not c.get("outputs") for c in original.cells if c.cell_type == "code")

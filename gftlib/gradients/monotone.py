@@ -1,187 +1,27 @@
-"""Monte Carlo gradients of the conditional and the marginal GFT objective (THEORY T4).
+"""1-D monotone couplings x1 = T(x0), x0 ~ N(0, 1), and their exact marginal velocity (THEORY T4).
 
-Conventions: t = 0 is noise (x0 ~ N(0, I)), t = 1 is data. Everything is float64.
-
-A *linear field* b_theta(x, t) = phi(x, t) theta with fixed features phi: (n, d) x (n,) -> (n, d, F)
-makes every gradient a linear statistic: the per-sample gradient of |b_theta(x_i, t_i) - y_i|^2 is
-
-    g_i = 2 sum_d phi(x_i, t_i)[d, :] (b_theta(x_i, t_i)[d] - y_i[d])      (F,),
-
-so gradient estimates come with per-sample standard errors. Evaluating the conditional objective
-(regression target y = conditional velocity u_t(x_t | x0, x1)) and the marginal objective (y = the
-marginal velocity b(x_t, t) = E[u | x_t]) at the *same* points x_t, the per-sample difference
-2 phi (b - u) has mean exactly zero (T4), and its average shrinks like 1/sqrt(n).
-
-:class:`MonotoneCoupling` supplies an exact marginal velocity for a coupling that is not the
-independent one: a deterministic increasing map x1 = T(x0) in 1-D (the 1-D OT map, or the flow
-map of a pretrained 1-D ODE, which is increasing), with the Brownian-bridge path
-x_t = (1 - t) x0 + t T(x0) + sigma sqrt(t (1 - t)) z. (With sigma = 0 a deterministic coupling makes
-u a function of x_t, so conditional and marginal objectives agree sample by sample.)
+:func:`quantile_map` is the 1-D OT map of N(0, 1) to a Gaussian mixture, :func:`monotone_grid` the knots
+of a piecewise-linear approximation of it, :class:`MonotoneCoupling` the coupling of any increasing
+piecewise-linear map (the OT map, or the flow map of a pretrained 1-D ODE) with the Brownian-bridge
+path and its exact marginal (probability-flow) velocity. float64; t = 0 noise, t = 1 data.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gftlib.analytic import GaussianMixture
 from gftlib.validation import check_finite_number, check_positive_int, check_tensor
 
-__all__ = [
-    "default_features_1d",
-    "LinearField",
-    "regression_gradients",
-    "PerSampleGradients",
-    "GradientComparison",
-    "quantile_map",
-    "MonotoneCoupling",
-    "monotone_grid",
-    "SlopeFit",
-    "loglog_slope",
-]
+__all__ = ["quantile_map", "monotone_grid", "MonotoneCoupling"]
 
 _F64 = torch.float64
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-# ----------------------------------------------------------------------------------------- linear field
-def default_features_1d(x: Tensor, t: Tensor) -> Tensor:
-    """Six fixed features of (x, t) for 1-D x: [1, t, x, t x, tanh(2 x), exp(-x^2 / 2)].
-
-    x: (n, 1), t: (n,) -> (n, 1, 6)."""
-    xx = x[:, 0]
-    cols = [torch.ones_like(xx), t, xx, t * xx, torch.tanh(2 * xx), torch.exp(-0.5 * xx * xx)]
-    return torch.stack(cols, dim=1)[:, None, :]
-
-
-class LinearField(nn.Module):
-    """b_theta(x, t) = features(x, t) @ theta: x (n, d), t (n,) -> (n, d), float64.
-
-    ``features(x, t)`` must return (n, d, F); ``theta`` (F,) is the only parameter. A drop-in
-    velocity model for :mod:`gftlib.losses` (so gradients can be cross-checked with autograd).
-    """
-
-    def __init__(self, theta: Tensor, features: Callable[[Tensor, Tensor], Tensor] = default_features_1d) -> None:
-        super().__init__()
-        check_tensor("theta", theta, ndim=1)
-        if not callable(features):
-            raise TypeError(f"features must be callable as features(x, t) -> (n, d, F), got {type(features).__name__}")
-        self.features = features
-        self.theta = nn.Parameter(theta.detach().to(_F64).clone())
-
-    @property
-    def n_features(self) -> int:
-        return int(self.theta.shape[0])
-
-    def phi(self, x: Tensor, t: Tensor) -> Tensor:
-        """Feature tensor (n, d, F) after shape checks."""
-        check_tensor("x", x, ndim=2)
-        check_tensor("t", t, ndim=1)
-        if t.shape[0] != x.shape[0]:
-            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        out = self.features(x.to(_F64), t.to(_F64))
-        want = (x.shape[0], x.shape[1], self.n_features)
-        if not isinstance(out, Tensor) or tuple(out.shape) != want:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"features(x, t) must return shape {want} (n, d, F with F = len(theta)), got {got}")
-        return out
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return torch.einsum("ndf,f->nd", self.phi(x, t), self.theta)
-
-
-def regression_gradients(field: LinearField, x: Tensor, t: Tensor, target: Tensor) -> Tensor:
-    """Per-sample gradients (n, F) of |b_theta(x_i, t_i) - target_i|^2 with respect to theta.
-
-    x, target: (n, d); t: (n,). The mean over rows is the gradient of
-    :func:`gftlib.losses.regression_loss` (no weight) at the same batch."""
-    if not isinstance(field, LinearField):
-        raise TypeError(f"field must be a LinearField, got {type(field).__name__}")
-    check_tensor("target", target, ndim=2)
-    if target.shape != x.shape:
-        raise ValueError(f"target must have the shape of x {tuple(x.shape)}, got {tuple(target.shape)}")
-    with torch.no_grad():
-        phi = field.phi(x, t)
-        resid = torch.einsum("ndf,f->nd", phi, field.theta) - target.to(_F64)
-        return 2.0 * torch.einsum("ndf,nd->nf", phi, resid)
-
-
-@dataclass(frozen=True)
-class GradientComparison:
-    """Conditional vs marginal gradient from n per-sample gradients.
-
-    conditional, marginal, difference, difference_se: (F,) (difference = conditional - marginal,
-    difference_se its per-component standard error std/sqrt(n)); hotelling: n D^T S^{-1} D with S the
-    sample covariance of the per-sample differences (approximately chi^2 with F degrees of freedom when
-    the difference has mean zero); relative_difference: |D| / |marginal|.
-    """
-
-    n: int
-    conditional: Tensor
-    marginal: Tensor
-    difference: Tensor
-    difference_se: Tensor
-    hotelling: float
-    relative_difference: float
-
-
-@dataclass(frozen=True)
-class PerSampleGradients:
-    """Per-sample gradients (n, F) of the conditional and of the marginal objective at the same points."""
-
-    conditional: Tensor
-    marginal: Tensor
-
-    def __post_init__(self) -> None:
-        check_tensor("conditional", self.conditional, ndim=2)
-        check_tensor("marginal", self.marginal, ndim=2)
-        if self.conditional.shape != self.marginal.shape:
-            raise ValueError(f"conditional and marginal must have the same shape, got "
-                             f"{tuple(self.conditional.shape)} and {tuple(self.marginal.shape)}")
-
-    @property
-    def n(self) -> int:
-        return int(self.conditional.shape[0])
-
-    def combine(self, other: PerSampleGradients, beta: float, *, normalize: bool = True) -> PerSampleGradients:
-        """Row-wise (self + beta * other) [/ (1 + beta)]: the GFT objective's per-sample gradients from the
-        target term (self) and the pretrained term (other), drawn independently with the same n."""
-        if not isinstance(other, PerSampleGradients):
-            raise TypeError(f"other must be PerSampleGradients, got {type(other).__name__}")
-        if other.conditional.shape != self.conditional.shape:
-            raise ValueError(f"other must have shape {tuple(self.conditional.shape)} (same n and F), "
-                             f"got {tuple(other.conditional.shape)}")
-        b = check_finite_number("beta", beta, minimum=0.0)
-        scale = 1.0 / (1.0 + b) if normalize else 1.0
-        return PerSampleGradients(conditional=scale * (self.conditional + b * other.conditional),
-                                  marginal=scale * (self.marginal + b * other.marginal))
-
-    def compare(self) -> GradientComparison:
-        """Means, the difference, its standard errors and Hotelling's statistic (needs n > F)."""
-        n, f = self.conditional.shape
-        if n <= f:
-            raise ValueError(f"compare needs more samples than features (n > F = {f}), got n={n}")
-        diff = self.conditional - self.marginal
-        d = diff.mean(0)
-        centred = diff - d
-        cov = centred.T @ centred / (n - 1)
-        se = torch.sqrt(torch.diagonal(cov) / n)
-        if float(cov.abs().max()) == 0.0:      # identical per-sample gradients: no difference at all
-            t2 = 0.0
-        else:
-            t2 = float(n * d @ torch.linalg.solve(cov, d))
-        g_m = self.marginal.mean(0)
-        return GradientComparison(n=n, conditional=self.conditional.mean(0), marginal=g_m, difference=d,
-                                  difference_se=se, hotelling=t2,
-                                  relative_difference=float(d.norm() / g_m.norm()))
-
-
-# ----------------------------------------------------------------------------------------- 1-D monotone maps
 def _mixture_cdf_sf(mix: GaussianMixture, y: Tensor) -> tuple[Tensor, Tensor]:
     """CDF and survival function of a 1-D mixture at y (m,), each accurate in its own tail."""
     z = (y[:, None] - mix.means[None, :, 0]) / mix.stds[None]
@@ -424,36 +264,3 @@ class MonotoneCoupling:
             out[idx] = self._velocity_rows(flat[idx], tt[idx], k_lo[idx], k_hi[idx], int(sorted_count[stop - 1]))
             start = stop
         return out.reshape(x.shape).to(x.device)
-
-
-# ----------------------------------------------------------------------------------------- log-log slope
-@dataclass(frozen=True)
-class SlopeFit:
-    """Least-squares fit log(value) = intercept + slope log(n): slope, its standard error from the
-    residuals (``se``), ``dof`` = points - 2, ``intercept``."""
-
-    slope: float
-    intercept: float
-    se: float
-    dof: int
-
-
-def loglog_slope(n: np.ndarray | list[float], values: np.ndarray | list[float]) -> SlopeFit:
-    """Ordinary least squares of log(values) on log(n) (all points, e.g. several repeats per n)."""
-    x = np.log(np.asarray(n, dtype=np.float64).reshape(-1))
-    yv = np.asarray(values, dtype=np.float64).reshape(-1)
-    if x.shape != yv.shape or x.size < 3:
-        raise ValueError(f"n and values must have the same length >= 3, got {x.size} and {yv.size}")
-    if not np.all(np.isfinite(x)) or not np.all(np.isfinite(yv)) or np.any(yv <= 0):
-        raise ValueError("n and values must be finite and values > 0 (they are log-transformed)")
-    y = np.log(yv)
-    xc = x - x.mean()
-    sxx = float(xc @ xc)
-    if sxx == 0.0:
-        raise ValueError("n must take at least two distinct values to fit a slope")
-    slope = float(xc @ (y - y.mean()) / sxx)
-    intercept = float(y.mean() - slope * x.mean())
-    resid = y - intercept - slope * x
-    dof = x.size - 2
-    se = float(np.sqrt(resid @ resid / dof / sxx))
-    return SlopeFit(slope=slope, intercept=intercept, se=se, dof=dof)
