@@ -93,9 +93,10 @@ def _network(name: str) -> torch.nn.Module:
     attention at its lowest resolution."""
     torch.manual_seed(0)
     if name == "torchcfm":
+        from gftlib.cli.weights import torchcfm_size_config
         from gftlib.models.torchcfm import TorchCFMVelocity
 
-        return TorchCFMVelocity(dim=(3, IMAGE_SIZE, IMAGE_SIZE))
+        return TorchCFMVelocity(**torchcfm_size_config(IMAGE_SIZE))  # attention kept at 48 x 48
     cfg = unet_config(name)
     lowest = IMAGE_SIZE // 2 ** (len(cfg["channel_mult"]) - 1)  # the presets' attention sits at 8 px
     return UNetVelocity(**{**cfg, "image_size": IMAGE_SIZE, "attention_resolutions": (lowest,)})

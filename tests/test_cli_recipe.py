@@ -76,3 +76,27 @@ def test_recipe_at_dry_run_size(tmp_path):
         assert e["split"] == "id_val" and e["n"] == 3 and e["n_ref"] == 3
         assert set(e["metrics"]) == {"fd", "sliced_w2", "path_length", "straightness", "nfe"}
         assert all(np.isfinite(v) for v in e["metrics"].values()) and e["metrics"]["nfe"] == 2
+
+
+def test_torchcfm_checkpoint_runs_at_96_pixels_with_its_attention(tmp_path):
+    """The 32-px checkpoint loads at 96 px with every tensor used (attention stays at factor 2)."""
+    from gftlib.cli import main
+    from gftlib.cli.weights import torchcfm_size_config
+    from gftlib.models.torchcfm import TorchCFMVelocity, save_torchcfm
+
+    small = dict(num_channels=32, num_res_blocks=1, num_head_channels=16)
+    net32 = TorchCFMVelocity(**small)
+    net96 = TorchCFMVelocity(**small, **torchcfm_size_config(96))
+    assert list(net96.state_dict()) == list(net32.state_dict())
+    assert any("attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower()
+               for m in net96.modules())
+    assert torchcfm_size_config(32)["attention_resolutions"] == "16"  # torchcfm's own CIFAR-10 setting
+    torch.manual_seed(0)
+    ckpt = tmp_path / "c.pt"
+    full = TorchCFMVelocity()
+    save_torchcfm(full, ckpt)
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--weights", f"torchcfm:{ckpt}", "--image-size", "96", "--num-samples", "1",
+                 "--nfe", "1", "--out", str(out), "--no-progress"]) == 0
+    with np.load(out) as z:
+        assert z["images"].shape == (1, 96, 96, 3)

@@ -102,11 +102,24 @@ def _legacy_spec(raw: dict[str, Any]) -> dict[str, Any]:
     raise ValueError("the weights file has neither model_spec nor train_cli args (task 2d | images)")
 
 
+def torchcfm_size_config(size: int) -> dict[str, Any]:
+    """``dim`` and ``attention_resolutions`` of the CIFAR-10 network at image side ``size``.
+
+    torchcfm places attention at downsampling factor ``image_size // res`` ("16" at 32 px: factor 2,
+    the 16 x 16 level). Keeping factor 2 at any side (res = size // 2, e.g. "48" at 96 px) keeps the
+    checkpoint's attention blocks, so its state dict loads unchanged; "16" at 96 px would ask for
+    factor 6, which does not exist, and drop every attention block.
+    """
+    if size % 8:
+        raise CLIError("--image-size", size, "a multiple of 8 for torchcfm's CIFAR-10 network (3 downsamplings)")
+    return {"dim": [3, size, size], "attention_resolutions": str(size // 2)}
+
+
 def _load_torchcfm(option: str, path: str, image_size: int | None, ema: bool) -> LoadedModel:
     from gftlib.models.torchcfm import TORCHCFM_CIFAR10, load_torchcfm
 
-    config = dict(TORCHCFM_CIFAR10)  # torchcfm's CIFAR-10 OT-CFM architecture; any image side works
-    config["dim"] = [3, int(image_size or 32), int(image_size or 32)]
+    config = dict(TORCHCFM_CIFAR10)  # torchcfm's CIFAR-10 OT-CFM architecture at side S
+    config.update(torchcfm_size_config(int(image_size or 32)))
     try:
         model = load_torchcfm(path, ema=ema, **config)
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
