@@ -78,6 +78,7 @@ def test_recipe_at_dry_run_size(tmp_path):
         assert all(np.isfinite(v) for v in e["metrics"].values()) and e["metrics"]["nfe"] == 2
 
 
+@pytest.mark.slow
 def test_torchcfm_checkpoint_runs_at_96_pixels_with_its_attention(tmp_path):
     """The 32-px checkpoint loads at 96 px with every tensor used (attention stays at factor 2)."""
     from gftlib.cli import main
