@@ -15,6 +15,7 @@ solve of ``dx/dt = field(x, t)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,8 +26,8 @@ from torchdiffeq import odeint
 from gftlib.types import VelocityField
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, check_tensor
 
-__all__ = ["SampleResult", "sample_ode", "sample_sde", "ODE_METHODS", "FIXED_STEP_METHODS",
-           "EVALS_PER_STEP"]
+__all__ = ["SampleResult", "sample_ode", "sample_sde", "sde_states_at", "ODE_METHODS",
+           "FIXED_STEP_METHODS", "EVALS_PER_STEP"]
 
 #: ODE methods accepted by :func:`sample_ode` (all from torchdiffeq).
 ODE_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4", "dopri5")
@@ -254,3 +255,50 @@ def sample_sde(
         times, trajectory = grid.to(device=x0.device, dtype=x0.dtype), torch.stack(traj)
     return SampleResult(x=x, nfe=steps, path_length=length, straightness=straight,
                         times=times, trajectory=trajectory)
+
+
+def sde_states_at(
+    drift: VelocityField,
+    x0: Tensor,
+    times: Sequence[float] | Tensor,
+    *,
+    diffusion: float,
+    steps: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """States of the Euler–Maruyama chain of :func:`sample_sde` (uniform grid of ``steps`` steps on
+    [0, 1]) at the increasing ``times`` in [0, 1]: (T, n, *shape).
+
+    The chain itself is exactly the sampler's (same grid); a time t in [t_j, t_{j+1}) is read off by
+    one partial step from the grid state, ``x_j + drift(x_j, t_j) (t - t_j) + g sqrt(t - t_j) z'``
+    with fresh ``z'``, whose law is the chain's marginal at t (the chain is not continued from it).
+    Noise comes from ``generator`` in a fixed order (reproducible). Runs under ``torch.no_grad()``.
+    """
+    steps = check_positive_int("steps", steps)
+    g = check_finite_number("diffusion", diffusion, minimum=0.0)
+    x0 = check_tensor("x0", x0, min_ndim=2)
+    tt = _check_trajectory_times(times, 0.0, 1.0)
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    n = x0.shape[0]
+    out = torch.empty((tt.numel(), *x0.shape), dtype=x0.dtype, device=x0.device)
+
+    def noise() -> Tensor:
+        z = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
+        return z.to(x0.device)
+
+    x, k = x0, 0
+    with torch.no_grad():
+        for j in range(steps + 1):
+            tj, last = float(grid[j]), j == steps
+            upper = math.inf if last else float(grid[j + 1])
+            if last and k == tt.numel():
+                break
+            b = drift(x, torch.full((n,), tj, dtype=x0.dtype, device=x0.device))
+            while k < tt.numel() and float(tt[k]) < upper:
+                dt = float(tt[k]) - tj
+                out[k] = x if dt <= 0 else x + b * dt + (g * dt ** 0.5) * noise()
+                k += 1
+            if not last:
+                dt = upper - tj
+                x = x + b * dt + (g * dt ** 0.5) * noise()
+    return out
