@@ -60,8 +60,10 @@ def _diff(r: dict[str, Any]) -> str:
 
 
 def _effect(r: dict[str, Any]) -> str:
-    e = r.get("effect_size")
-    return "-" if e is None else f"{e:+.2f} ({r['effect_size_kind']})"
+    e = r.get("effect_size")  # "inf" / "-inf" (JSON strings) when every unit gives the same difference
+    if e is None:
+        return "-"
+    return f"{float(e):+.2f} ({r['effect_size_kind']})"
 
 
 def _p_holm(r: dict[str, Any]) -> str:
@@ -83,20 +85,32 @@ def _row_line(r: dict[str, Any]) -> str:
             f"**{r['verdict']}** | {fig_link} | {r['notebook']} ({r['profile']}) |")
 
 
+def _cell(rs: list[dict[str, Any]]) -> str:
+    """Verdicts of one (claim, baseline) for the headline: the pooled rows if any, the only scenario's
+    rows if there is one, else counts reproduced / not reproduced / inconclusive over scenarios."""
+    pooled = [r for r in rs if r["scenario"] == "pooled"]
+    scen = {r["scenario"] for r in rs}
+    pick = pooled or (rs if len(scen) == 1 else [])
+    if pick:
+        return "; ".join(f"{r['gft_method'].removeprefix('gft-')}: {r['verdict']}" for r in pick)
+    n = Counter(r["verdict"] for r in rs)
+    return f"{n['reproduced']} / {n['not reproduced']} / {n['inconclusive']} (r / n / i)"
+
+
 def headline_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Per (notebook, claim, baseline): verdict counts over scenarios and GFT forms (pooled, if any)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    """One line per (notebook, claim), one column per baseline: the verdicts of the pooled rows (or of
+    the single scenario) per GFT form."""
+    baselines = list(dict.fromkeys(r["baseline_method"] for r in rows))
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        groups[(r["notebook"], r["claim"], r["baseline_method"])].append(r)
-    lines = ["| notebook | claim | baseline | reproduced | not reproduced | inconclusive | pooled over pairs |",
-             "|---|---|---|---|---|---|---|"]
-    for (nb, claim, base), rs in groups.items():
-        n = Counter(r["verdict"] for r in rs)
-        pooled = [f"{r['gft_method']}: {r['verdict']}" for r in rs if r["scenario"] == "pooled"]
-        lines.append(f"| {nb} | {claim} | {base} | {n['reproduced']} | {n['not reproduced']} | "
-                     f"{n['inconclusive']} | {'; '.join(pooled) or '-'} |")
+        groups[(r["notebook"], r["claim"])][r["baseline_method"]].append(r)
+    lines = ["| notebook | claim | " + " | ".join(f"vs `{b}`" for b in baselines) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for (nb, claim), by_base in groups.items():
+        cells = [_cell(by_base[b]) if b in by_base else "-" for b in baselines]
+        lines.append(f"| {nb} | {claim} | " + " | ".join(cells) + " |")
     if not groups:
-        lines.append("| (no experiment results yet) | | | | | | |")
+        lines = ["| notebook | claim | verdicts |", "|---|---|---|", "| (no experiment results yet) | | |"]
     return "\n".join(lines)
 
 
