@@ -25,6 +25,7 @@ import numpy as np
 import scipy.stats
 
 from gftlib.experiments.methods import METHODS
+from gftlib.experiments.tasks2d import SCHEDULED_METHODS
 from gftlib.validation import check_choice, check_finite_number
 
 __all__ = ["Z_999", "null_upper_bound", "separation_tolerance", "floor_tolerance_threshold",
@@ -36,8 +37,6 @@ Z_999: float = float(scipy.stats.norm.isf(1e-3))
 
 #: Methods that start from the pretrained weights and have a target term (the fine-tuning checks).
 FINETUNING_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling")
-#: Methods whose pretrained term follows a cooling schedule.
-SCHEDULED_METHODS: tuple[str, ...] = ("l2-reg", "gft-drift", "gft-coupling")
 
 
 def _values(name: str, values: Sequence[float], minimum: int = 2) -> np.ndarray:
