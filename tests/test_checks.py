@@ -104,6 +104,7 @@ def test_difference_margin_false_positive_rate_and_power() -> None:
     assert np.mean(rng.normal(1.0 - 6 * se, se, 2000) < b[:2000] - margin) > 0.9
     assert difference_margin(1.0) == pytest.approx(Z_999 * math.sqrt(2))
     assert not gain_is_resolvable(0.1, margin=0.06) and gain_is_resolvable(0.13, margin=0.06)
+    assert gain_is_resolvable(0.1, margin=0.06, fraction=1.0) and not gain_is_resolvable(0.05, 0.06, fraction=1.0)
 
 
 def test_mixture_w2_bound_holds_and_fails_when_violated() -> None:

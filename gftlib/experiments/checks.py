@@ -95,12 +95,16 @@ def difference_margin(se_a: float, se_b: float | None = None, *, z: float = Z_99
     return float(z * math.sqrt(se_a**2 + se_b**2))
 
 
-def gain_is_resolvable(predicted_gain: float, margin: float) -> bool:
-    """Whether a check "value < reference - margin" has power: the predicted gain exceeds 2 x margin,
-    so a model that realises at least half of it passes."""
+def gain_is_resolvable(predicted_gain: float, margin: float, *, fraction: float = 0.5) -> bool:
+    """Whether a check "value < reference - margin" has power: ``fraction`` x the predicted gain
+    exceeds the margin, so a model that realises that fraction of the gain passes (default 1/2;
+    1 = a model that reaches the predicted optimum passes)."""
     predicted_gain = check_finite_number("predicted_gain", predicted_gain)
     margin = check_finite_number("margin", margin, minimum=0.0)
-    return bool(predicted_gain > 2.0 * margin)
+    fraction = check_finite_number("fraction", fraction, minimum=0.0, maximum=1.0)
+    if fraction == 0.0:
+        raise ValueError("fraction must be > 0 and <= 1, got 0")
+    return bool(fraction * predicted_gain > margin)
 
 
 def mixture_w2_bound(w2_pre_target: float, beta: float) -> float:
