@@ -336,6 +336,33 @@ def test_reference_margin_and_resolvability() -> None:
         ref.null_values("fid")
 
 
+def test_source_null_and_source_reference_check_fails_on_a_wrong_model() -> None:
+    """The pretrained-resembles-source check: held-out source samples pass it, the target and the noise
+    (an untrained model) fail it (sqrt FD against null bound + a quarter of the source-target distance)."""
+    from gftlib.experiments.checks import null_upper_bound, separation_tolerance
+
+    task = TI.ImageTask(**dict(TINY, image_size=16, n_heldout=64, n_eval=64, n_null=6, feature_width=8,
+                               feature_depth=3, n_grid=4))
+    assert task.source_null(0).shape == (64, 3, 16, 16)
+    assert not torch.equal(task.source_null(0), task.source_null(1))
+    assert not torch.equal(task.source_null(0), task.source_reference())
+    with pytest.raises(ValueError, match="k must be < n_null=6"):
+        task.source_null(6)
+
+    def verdict(images: torch.Tensor) -> bool:
+        fake = TI.Generated(samples=images, path_length=np.zeros(64), straightness=np.ones(64),
+                            heldout_loss=np.zeros(4))
+        src = TI.source_reference(task, fake)
+        bound = null_upper_bound(np.sqrt(src.null_fd))
+        tol = separation_tolerance([math.sqrt(src.target_fd) - bound])
+        return math.sqrt(src.pretrained_fd) <= bound + tol
+
+    fresh = task._patches("natural", 64, "heldout", "source_null", 99)   # another source sample: a perfect model
+    assert verdict(fresh)
+    assert not verdict(task.target_heldout())
+    assert not verdict(task.eval_noise())
+
+
 def test_image_grid_layout() -> None:
     imgs = torch.stack([torch.full((3, 2, 2), v) for v in (-1.0, 0.0, 1.0)])
     g = TI.image_grid(imgs, cols=2, pad=1, pad_value=0.5)

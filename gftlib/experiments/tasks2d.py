@@ -43,10 +43,12 @@ from gftlib.data import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, check_methods, check_schedule_options, run_method
 from gftlib.experiments.profiles import PROFILES
+from gftlib.diversity import prdc
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
 from gftlib.objectives import FlowMatchingObjective
 from gftlib.samplers import FIXED_STEP_METHODS, sample_ode
+from gftlib.stability import early_degradation, max_upward_jump
 from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
 from gftlib.train import TrainConfig, train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
@@ -54,6 +56,7 @@ from gftlib.validation import check_choice, check_finite_number, check_positive_
 __all__ = [
     "PROFILE_TABLE",
     "PROFILE_SETTINGS",
+    "E1_PAIRS",
     "EULER_STEPS",
     "SCHEDULED_METHODS",
     "Task2D",
@@ -96,24 +99,34 @@ EULER_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 #: The notebooks' user-facing knobs per profile (E1, E3 and E4 share it, so the same profile and
 #: seed give the same cached runs). ``methods`` is a list of names from METHODS.
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
-    "smoke": {"n_seeds": 2, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 150,
-              "batch_size": 128, "beta0": 2.0, "schedule_kind": "cosine", "methods": ["ft", "gft-coupling"]},
-    "quick": {"n_seeds": 3, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 400,
-              "batch_size": 128, "beta0": 2.0, "schedule_kind": "cosine", "methods": list(METHODS)},
+    "smoke": {"n_seeds": 2, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 100,
+              "batch_size": 128, "beta0": 2.0, "schedule_kind": "cosine",
+              "methods": ["ft", "ft-ot", "gft-coupling"]},
+    "quick": {"n_seeds": 5, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 300,
+              "batch_size": 128, "beta0": 2.0, "schedule_kind": "cosine",
+              "methods": ["ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling"]},
     "paper": {"n_seeds": 5, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 4000,
               "batch_size": 256, "beta0": 2.0, "schedule_kind": "cosine", "methods": list(METHODS)},
 }
 
+#: E1's source/target pairs per profile (each pair reported and pooled; E3 uses the first).
+E1_PAIRS: dict[str, list[list[str]]] = {
+    "smoke": [["checkerboard", "moons"], ["gaussians8", "rings"]],
+    "quick": [["checkerboard", "moons"], ["checkerboard", "rings"], ["gaussians8", "spiral"]],
+    "paper": [["checkerboard", "moons"], ["checkerboard", "rings"], ["gaussians8", "spiral"],
+              ["rings", "gaussians4"]],
+}
+
 #: Internal per-profile settings (model size, pretraining, evaluation budget, learning rate).
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"hidden": 48, "depth": 3, "time_features": 16, "n_source": 2048, "pretrain_steps": 800,
+    "smoke": {"hidden": 48, "depth": 3, "time_features": 16, "n_source": 2048, "pretrain_steps": 400,
               "pretrain_batch": 256, "n_target_pool": 2048, "n_heldout": 512, "n_eval": 512,
               "eval_method": "rk4", "eval_steps": 8, "lr": 5e-3, "n_evals": 1, "cache_size": 256,
               "n_trajectories": 128, "dopri_fractions": (1.0,), "n_repeats": 8},
-    "quick": {"hidden": 64, "depth": 3, "time_features": 16, "n_source": 4096, "pretrain_steps": 2000,
+    "quick": {"hidden": 64, "depth": 3, "time_features": 16, "n_source": 4096, "pretrain_steps": 1000,
               "pretrain_batch": 256, "n_target_pool": 4096, "n_heldout": 512, "n_eval": 512,
               "eval_method": "rk4", "eval_steps": 8, "lr": 2e-3, "n_evals": 10, "cache_size": 1024,
-              "n_trajectories": 512, "dopri_fractions": (0.0, 0.5, 1.0), "n_repeats": 20},
+              "n_trajectories": 512, "dopri_fractions": (1.0,), "n_repeats": 12},
     "paper": {"hidden": 256, "depth": 3, "time_features": 32, "n_source": 16384, "pretrain_steps": 20000,
               "pretrain_batch": 512, "n_target_pool": 8192, "n_heldout": 1024, "n_eval": 1024,
               "eval_method": "rk4", "eval_steps": 16, "lr": 1e-3, "n_evals": 20, "cache_size": 4096,
@@ -586,34 +599,6 @@ def reference_distances(task: Task2D, pretrained: nn.Module, *, n_repeats: int =
     key = {"kind": "tasks2d-reference", "task": task.as_dict(), "n_repeats": n_repeats, "device": dev.type}
     with _single_thread():
         return cached_torch("tasks2d-reference", key, build)
-
-
-def max_upward_jump(curve: Sequence[float]) -> float:
-    """max_k max(0, c[k+1] - c[k]) of a curve (0 for a non-increasing curve)."""
-    c = np.asarray(curve, dtype=np.float64)
-    if c.ndim != 1 or c.size < 2:
-        raise ValueError(f"curve must be 1-D with at least 2 points, got shape {c.shape}")
-    return float(max(0.0, np.max(np.diff(c))))
-
-
-def early_degradation(steps: Sequence[int], curve: Sequence[float], *, fraction: float = 0.25) -> float:
-    """max over evaluations at 0 < step <= fraction * last step of (curve(step) - curve(0)).
-
-    Positive: training first made the curve worse than at step 0. If no evaluation falls in the
-    window, the first one after step 0 is used.
-    """
-    s = np.asarray(steps, dtype=np.float64)
-    c = np.asarray(curve, dtype=np.float64)
-    if s.shape != c.shape or s.ndim != 1 or s.size < 2:
-        raise ValueError(f"steps and curve must be 1-D of the same length >= 2, got {s.shape} and {c.shape}")
-    if s[0] != 0:
-        raise ValueError(f"steps must start at 0 (the initial model), got {s[0]:g}")
-    fraction = check_finite_number("fraction", fraction, minimum=0.0, maximum=1.0, strict=True)
-    window = (s > 0) & (s <= fraction * s[-1])
-    if not window.any():
-        window = np.zeros_like(window)
-        window[1] = True
-    return float(np.max(c[window] - c[0]))
 
 
 @dataclass(frozen=True)

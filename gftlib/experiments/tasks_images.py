@@ -53,12 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import Tensor, nn
 
 from gftlib.data import image_patches, load_image_dataset
 from gftlib.experiments.cache import cached_torch
+from gftlib.experiments.checks import null_upper_bound
 from gftlib.experiments.methods import METHODS, check_methods, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks2d import FinetuneConfig
@@ -80,6 +80,9 @@ __all__ = [
     "PROFILE_SETTINGS",
     "DATASETS",
     "NO_TARGET_TERM",
+    "QUICK_METHODS",
+    "SourceReference",
+    "source_reference",
     "ImageTask",
     "ImageFinetuneConfig",
     "ImageSetup",
@@ -110,18 +113,23 @@ DATASETS: tuple[str, ...] = ("skimage", "cifar10", "wilds-camelyon17", "wilds-rx
 #: Methods whose objective has no target term (reflow stays at the pretrained law by design).
 NO_TARGET_TERM: tuple[str, ...] = ("reflow",)
 
+#: Methods of the quick profile: GFT (coupling form) and the three baselines every claim is tested
+#: against (ft, ft-ot, l2-reg), 3 seeds each within the CPU budget; gft-drift, scratch and reflow run
+#: on the other profiles (and on request: ``methods``). E1 compares both GFT forms in 2-D.
+QUICK_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-coupling")
+
 #: The notebook's user-facing knobs per profile. ``methods`` is a list of names from METHODS;
 #: ``model_config`` a name in gftlib.models.UNET_CONFIGS or a dict of UNetVelocity overrides
 #: (optionally with "config": base name); ``image_size`` overrides the config's.
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
     "smoke": {"n_seeds": 1, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 8, "model_config": "tiny", "n_target": 64,
-              "pretrain_steps": 15, "steps": 6, "batch_size": 16, "beta0": 2.0, "schedule_kind": "cosine",
+              "pretrain_steps": 60, "steps": 6, "batch_size": 16, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(METHODS), "nfe": 3},
-    "quick": {"n_seeds": 2, "dataset": "skimage", "data_root": None, "pretrain_root": None,
+    "quick": {"n_seeds": 3, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 16, "model_config": "tiny", "n_target": 256,
-              "pretrain_steps": 250, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
-              "methods": list(METHODS), "nfe": 8},
+              "pretrain_steps": 350, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
+              "methods": list(QUICK_METHODS), "nfe": 8},
     "paper": {"n_seeds": 3, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 32, "model_config": "cifar10", "n_target": 5000,
               "pretrain_steps": 100_000, "steps": 20_000, "batch_size": 128, "beta0": 2.0,
@@ -135,17 +143,17 @@ PROFILE_TABLE: dict[str, dict[str, Any]] = {
 #: crop side ``patch_crop`` (downsample = patch_crop // image_size). Features: RandomConvFeatures
 #: width/depth (seed 0). Caches: ``cache_size`` pairs, ``n_trajectories`` x ``time_grid`` drift points.
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"n_source": 512, "n_heldout": 128, "n_eval": 128, "n_null": 4, "n_loss": 64, "n_curve": 16,
+    "smoke": {"n_source": 512, "n_heldout": 128, "n_eval": 128, "n_null": 8, "n_loss": 64, "n_curve": 16,
               "n_evals": 1, "n_grid": 16, "patch_crop": 64, "pretrain_batch": 32, "pretrain_lr": 2e-3,
               "lr": 2e-3, "ema_decay": 0.999, "cache_size": 32, "n_trajectories": 16, "time_grid": 2,
               "feature_width": 16, "feature_depth": 3, "n_projections": 128, "amp": "none",
               "eval_chunk": 512},
-    "quick": {"n_source": 4096, "n_heldout": 512, "n_eval": 256, "n_null": 4, "n_loss": 128, "n_curve": 32,
+    "quick": {"n_source": 4096, "n_heldout": 512, "n_eval": 256, "n_null": 16, "n_loss": 128, "n_curve": 32,
               "n_evals": 2, "n_grid": 16, "patch_crop": 64, "pretrain_batch": 32, "pretrain_lr": 2e-3,
               "lr": 1e-3, "ema_decay": 0.999, "cache_size": 128, "n_trajectories": 32, "time_grid": 8,
               "feature_width": 32, "feature_depth": 3, "n_projections": 256, "amp": "none",
               "eval_chunk": 512},
-    "paper": {"n_source": 50_000, "n_heldout": 5000, "n_eval": 5000, "n_null": 4, "n_loss": 2048,
+    "paper": {"n_source": 50_000, "n_heldout": 5000, "n_eval": 5000, "n_null": 16, "n_loss": 2048,
               "n_curve": 1000, "n_evals": 20, "n_grid": 36, "patch_crop": 96, "pretrain_batch": 128,
               "pretrain_lr": 2e-4, "lr": 1e-4, "ema_decay": 0.9999, "cache_size": 5000,
               "n_trajectories": 1024, "time_grid": 32, "feature_width": 64, "feature_depth": 3,
@@ -157,7 +165,8 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 
 # Independent random streams (one integer seed per role, from (seed, role, index)).
 _ROLES = {"source": 0, "source_ref": 1, "target_train": 2, "target_heldout": 3, "target_null": 4,
-          "target_train_ref": 5, "eval_noise": 6, "loss_noise": 7, "pool": 8, "pool_perm": 9}
+          "target_train_ref": 5, "eval_noise": 6, "loss_noise": 7, "pool": 8, "pool_perm": 9,
+          "source_null": 10}
 
 
 _PATCH_CHUNK = 4096
@@ -380,6 +389,17 @@ class ImageTask:
             return self._patches("natural", self.n_eval, "heldout", "source_ref")
         return _load("cifar10", self.pretrain_root, "test", self.image_size, self.n_eval,
                      _role_seed(self.seed, "source_ref")).clone()
+
+    def source_null(self, k: int) -> Tensor:
+        """(n_eval, 3, S, S): the k-th held-out source sample independent of :meth:`source_reference`
+        (0 <= k < n_null; skimage: fresh patches of the held-out columns; CIFAR-10: a seeded test subset)."""
+        k = check_positive_int("k", k, minimum=0)
+        if k >= self.n_null:
+            raise ValueError(f"k must be < n_null={self.n_null}, got {k}")
+        if self.pretrain_root is None:
+            return self._patches("natural", self.n_eval, "heldout", "source_null", k)
+        return _load("cifar10", self.pretrain_root, "test", self.image_size, self.n_eval,
+                     _role_seed(self.seed, "source_null", k)).clone()
 
     # -- target
     @property
@@ -818,15 +838,29 @@ def reference_metrics(task: ImageTask, pretrained: Generated, *, inception: Ince
     return Reference(null=d[:k], train_ref=d[k], source=d[k + 1], noise=d[k + 2], pretrained=d[k + 3])
 
 
+@dataclass(frozen=True)
+class SourceReference:
+    """Feature Fréchet distances to the held-out source set S (:meth:`ImageTask.source_reference`):
+    ``null_fd`` (n_null,) of independent held-out source samples (the source's own noise floor),
+    ``pretrained_fd`` of the pretrained model's samples, ``target_fd`` of the held-out target set H."""
+
+    null_fd: np.ndarray
+    pretrained_fd: float
+    target_fd: float
+
+
+def source_reference(task: ImageTask, pretrained: Generated, *,
+                     device: str | torch.device = "cpu") -> SourceReference:
+    """:class:`SourceReference` of ``task`` (``pretrained``: :func:`generate_pretrained`)."""
+    measure = _Features(task, feature_extractor(task, device=device), None, task.source_reference())
+    null = np.asarray([measure(task.source_null(k)).fd for k in range(task.n_null)], dtype=np.float64)
+    return SourceReference(null_fd=null, pretrained_fd=measure(pretrained.samples).fd,
+                           target_fd=measure(task.target_heldout()).fd)
+
+
 def null_bound(values: Sequence[float], *, confidence: float = 0.999) -> float:
-    """One-sided upper prediction bound of a new draw from the null distribution of ``values``
-    (normal model): mean + t_{confidence, n-1} * s * sqrt(1 + 1/n), s the sample std (ddof = 1)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
-        raise ValueError(f"values must be at least 2 finite numbers, got {list(values)}")
-    confidence = check_finite_number("confidence", confidence, minimum=0.5, maximum=1.0, strict=True)
-    n = v.size
-    return float(v.mean() + scipy.stats.t.ppf(confidence, n - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / n))
+    """:func:`gftlib.experiments.checks.null_upper_bound` (kept here for the notebooks' imports)."""
+    return null_upper_bound(values, confidence=confidence)
 
 
 @dataclass(frozen=True)
