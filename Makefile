@@ -45,7 +45,7 @@ setup: $(STAMP) ## Create .venv and install the pinned dependencies and gftlib (
 
 figures: $(STAMP) ## Run every notebook (papermill, PROFILE=quick on the CPU) and write figures/, results/
 	$(PY) -m gftlib.experiments.run_notebooks --profile $(PROFILE) --device $(DEVICE) --build $(BUILD) $(NOTEBOOKS)
-	$(PY) -m gftlib.experiments.summary --results results --out results/summary.md
+	$(PY) -m gftlib.experiments.summary --results results --out results/summary.md --readme README.md
 
 results/%.json: notebooks/%.ipynb $(LIB_SOURCES) | $(STAMP)
 	$(PY) -m gftlib.experiments.run_notebooks --profile $(PROFILE) --device $(DEVICE) --build $(BUILD) $<

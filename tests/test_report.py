@@ -9,7 +9,8 @@ import pytest
 
 from gftlib.experiments.profiles import resolve_parameters
 from gftlib.experiments.report import ChecksFailed, Report
-from gftlib.experiments.summary import build_summary
+from gftlib.experiments.claims import compare_claim
+from gftlib.experiments.summary import README_END, README_START, build_summary, update_readme
 from gftlib.experiments.verdict import claim_entry, verdict
 
 TABLE = {"smoke": {"n": 10, "betas": [1.0]}, "quick": {"n": 100, "betas": [1.0]}, "paper": {"n": 1000, "betas": [1.0]}}
@@ -60,11 +61,23 @@ def test_verdict_rule() -> None:
 
 
 def test_summary_lists_claims(tmp_path: Path) -> None:
-    entry = claim_entry("shorter paths", "path length", [1.0, 1.1], [2.0, 2.2], better="lower", figure="e1_x")
+    rows = [compare_claim("shorter paths", "path length", "lower", [1.0, 1.1, 0.9, 1.05, 0.97],
+                          [2.0, 2.2, 1.9, 2.1, 2.05], gft_method="gft-coupling", baseline_method=b,
+                          scenario="pooled", figure="e1_x", paired=True) for b in ("ft", "ft-ot")]
+    legacy = claim_entry("old", "w2", [1.0, 1.1], [1.0, 1.2], better="lower", figure="e2_x")
     (tmp_path / "e1_demo.json").write_text(json.dumps({
-        "claims": [entry], "checks": [{"name": "c", "passed": True}],
+        "numbers": {"claims": rows}, "checks": [{"name": "c", "passed": True}],
         "parameters": {"profile": "quick"}, "environment": {"device_name": "cpu"}}))
+    (tmp_path / "e2_demo.json").write_text(json.dumps({
+        "numbers": {"claims": [legacy]}, "checks": [], "parameters": {}, "environment": {}}))
     text = build_summary(tmp_path)
-    assert "| shorter paths | path length (lower is better)" in text
-    assert "**reproduced**" in text
+    assert "| shorter paths | pooled | path length (lower better) | gft-coupling | ft-ot |" in text
+    assert text.count("**reproduced**") == 2
+    assert "3 claim rows, 3 tested hypotheses in the Holm family." in text
+    assert "| e1_demo | shorter paths | ft | 1 | 0 | 0 | gft-coupling: reproduced |" in text
     assert "| e1_demo | 1/1 | - |" in text
+    readme = "intro\n" + README_START + "\nstale\n" + README_END + "\nrest\n"
+    new = update_readme(readme, "TABLE")
+    assert new == "intro\n" + README_START + "\nTABLE\n" + README_END + "\nrest\n"
+    with pytest.raises(ValueError, match="README must contain"):
+        update_readme("no markers", "TABLE")
