@@ -67,3 +67,21 @@ def test_samples_near_the_training_set_are_flagged() -> None:
 def test_bad_input(args, err, match) -> None:
     with pytest.raises(err, match=match):
         memorization(*args)
+
+
+def test_null_z_is_standard_normal_and_flags_copies() -> None:
+    from gftlib.memorization import closer_to_train_z
+
+    zs = []
+    for r in range(300):
+        g = torch.Generator().manual_seed(1000 + r)
+        train, held, samples = (torch.randn(n, 2, generator=g) for n in (32, 32, 256))
+        zs.append(closer_to_train_z(samples, train, held)[1])
+    z = torch.tensor(zs)
+    # mean 0 and variance 1 within Monte Carlo error (SE of the mean 1/sqrt(300), of the variance ~ sqrt(2/300))
+    assert abs(float(z.mean())) <= 4 / math.sqrt(len(zs))
+    assert abs(float(z.var()) - 1.0) <= 4 * math.sqrt(2 / len(zs))
+    g = torch.Generator().manual_seed(7)
+    train, held = torch.randn(32, 2, generator=g), torch.randn(32, 2, generator=g)
+    f, zc = closer_to_train_z(train.repeat(4, 1) + 0.01 * torch.randn(128, 2, generator=g), train, held)
+    assert f == 1.0 and zc > 5
