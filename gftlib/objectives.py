@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from gftlib.couplings import CoupledBatch, ExactOTCoupling, IndependentCoupling, SinkhornCoupling, make_coupling
 from gftlib.interpolants import Interpolant, PathSample
 from gftlib.losses import DriftBatch, LossTerms, gft_loss
-from gftlib.samplers import ODE_METHODS, sample_ode, sample_sde
+from gftlib.samplers import ODE_METHODS, sample_ode, sample_sde, sde_states_at
 from gftlib.types import VelocityField
 from gftlib.validation import (
     check_bool,
@@ -609,6 +609,12 @@ class _PretrainedCache:
         self.atol = check_finite_number("atol", atol, minimum=0.0, strict=True)
         self.rtol = check_finite_number("rtol", rtol, minimum=0.0, strict=True)
 
+    def _check_sde_solver(self) -> None:
+        """With diffusion > 0 the pretrained sampler is Euler–Maruyama: refuse another ODE method."""
+        if self.diffusion > 0 and self.solver_method != "euler":
+            raise ValueError(f"diffusion={self.diffusion:g} > 0 samples the pretrained SDE by Euler–Maruyama: "
+                             f"solver_method must be 'euler', got {self.solver_method!r}")
+
     def _noise(self, n: int, generation: int) -> Tensor:
         g = torch.Generator().manual_seed(_mix_seed(self.seed, generation))
         return torch.randn((n, *self.shape), generator=g, dtype=self.dtype)
@@ -674,7 +680,11 @@ class PretrainedCouplingCache(_PretrainedCache):
     ``size`` noise points x0 ~ N(0, I) of shape ``shape`` are pushed through the frozen pretrained
     ODE (:func:`gftlib.samplers.sample_ode` with ``solver_method``/``solver_steps``, under
     ``torch.inference_mode``, in chunks of ``chunk_size``); ``pretrained_field`` must be the
-    probability-flow ODE velocity. :meth:`batch` draws pairs uniformly with replacement from the
+    probability-flow ODE velocity. With ``diffusion = g > 0`` the pairs are (x0, X_1) of the
+    pretrained *SDE* (Euler–Maruyama, ``solver_method="euler"``, noise seeded with
+    mix(seed, generation, 1)) and ``pretrained_field`` must be its SDE drift for g (probability-flow
+    velocity + g^2/2 score), the same field the drift cache needs: a coupling in Pi(p0, p_pre)
+    (THEORY T4); integrating that drift as an ODE would give another law. :meth:`batch` draws pairs uniformly with replacement from the
     cache (indices from ``generator``) and returns the PathSample of ``interpolant`` with
     ``diffusion`` (the conditional target is the CFM target on the pretrained coupling pi_pre).
     With ``refresh_every = k`` the cache is regenerated with fresh x0 after every k batches (None:
@@ -712,17 +722,26 @@ class PretrainedCouplingCache(_PretrainedCache):
         self.interpolant = interpolant
         self._set_solver(solver_method, solver_steps, atol, rtol)
         self.diffusion = _check_diffusion(diffusion, interpolant)
+        self._check_sde_solver()
         self._x0: Tensor | None = None
         self._x1: Tensor | None = None
 
     def _build(self, generation: int) -> None:
         x0 = self._noise(self.size, generation)
+        noise_gen = None
+        if self.diffusion > 0:
+            noise_gen = torch.Generator(device=self.device)
+            noise_gen.manual_seed(_mix_seed(self.seed, generation, 1))
         outs = []
         with torch.inference_mode():
             for start in range(0, self.size, self.chunk_size):
                 xc = x0[start:start + self.chunk_size].to(self.device)
-                res = sample_ode(self.field, xc, method=self.solver_method, steps=self.solver_steps,
-                                 atol=self.atol, rtol=self.rtol)
+                if self.diffusion > 0:
+                    res = sample_sde(self.field, xc, diffusion=self.diffusion, steps=self.solver_steps,
+                                     generator=noise_gen)
+                else:
+                    res = sample_ode(self.field, xc, method=self.solver_method, steps=self.solver_steps,
+                                     atol=self.atol, rtol=self.rtol)
                 outs.append(res.x)
         self._x0 = x0.to(self.device)
         self._x1 = torch.cat(outs)  # cat outside inference mode: a normal tensor
@@ -756,14 +775,16 @@ class PretrainedDriftCache(_PretrainedCache):
 
     ``n_trajectories`` trajectories start at x0 ~ N(0, I) and follow the frozen pretrained field:
     the ODE (``diffusion = 0``; :func:`gftlib.samplers.sample_ode`) or Euler–Maruyama with the same
-    diffusion g (``diffusion > 0``; :func:`gftlib.samplers.sample_sde`, noise from a generator on
+    diffusion g (``diffusion > 0``; Euler–Maruyama, ``solver_method="euler"``, noise from a generator on
     ``device`` seeded with mix(seed, generation, 1)). With g > 0, ``pretrained_field`` must be the
     pretrained *SDE drift* for that g (probability-flow velocity + g^2/2 score), THEORY T2 caveat.
     The state is recorded at the times of ``time_grid``: an int G gives the midpoints
     t_k = t_eps + (1 - 2 t_eps) (k + 1/2) / G (a midpoint rule for the uniform t of the target term),
-    or pass an increasing 1-D tensor of times in [0, 1]. Integration runs piecewise between grid
-    times with ceil(solver_steps * dt) steps per piece, so stored points lie on solver steps (no
-    interpolation). Grid times are exact by default: a fine grid approximates uniform t.
+    or pass an increasing 1-D tensor of times in [0, 1]. The chain is the pretrained sampler itself
+    (``solver_method`` with ``solver_steps`` uniform steps on [0, 1], the sampler that defines p_pre),
+    read off at the cache times: a fixed-step ODE state between two grid points is torchdiffeq's
+    linear interpolation (for Euler: the partial Euler step, i.e. the sampler's own piecewise-linear
+    path), dopri5 its dense output, Euler–Maruyama a partial step (:func:`gftlib.samplers.sde_states_at`).
     ``jitter=True`` (int ``time_grid`` only) draws every build's times as a stratified sample,
     t_k = t_eps + (1 - 2 t_eps) (k + u_k) / G with u_k ~ U(0, 1) from a generator seeded with
     mix(seed, generation, 2): an unbiased estimate of the uniform-t expectation, and with
@@ -820,6 +841,7 @@ class PretrainedDriftCache(_PretrainedCache):
         self.times = grid  # with jitter: the stratum midpoints until the first build
         self._set_solver(solver_method, solver_steps, atol, rtol)
         self.diffusion = _check_diffusion(diffusion, None)
+        self._check_sde_solver()
         self._x: Tensor | None = None
         self._t: Tensor | None = None
         self._b: Tensor | None = None
@@ -851,21 +873,17 @@ class PretrainedDriftCache(_PretrainedCache):
             for start in range(0, self.n_trajectories, self.chunk_size):
                 x = x0[start:start + self.chunk_size].to(self.device)
                 stop = start + x.shape[0]
-                prev = 0.0
+                # the pretrained sampler itself (its grid on [0, 1]), read off at the cache times
+                if self.diffusion > 0:
+                    states = sde_states_at(self.field, x, self.times, diffusion=self.diffusion,
+                                           steps=self.solver_steps, generator=noise_gen)
+                else:
+                    states = sample_ode(self.field, x, method=self.solver_method, steps=self.solver_steps,
+                                        atol=self.atol, rtol=self.rtol, trajectory_times=self.times).trajectory
                 for k in range(n_times):
-                    tk = float(self.times[k])
-                    if tk > prev:
-                        steps = max(1, math.ceil(self.solver_steps * (tk - prev) - 1e-9))
-                        if self.diffusion > 0:
-                            x = sample_sde(self.field, x, diffusion=self.diffusion, steps=steps,
-                                           generator=noise_gen, t0=prev, t1=tk).x
-                        else:
-                            x = sample_ode(self.field, x, method=self.solver_method, steps=steps,
-                                           atol=self.atol, rtol=self.rtol, t0=prev, t1=tk).x
-                        prev = tk
-                    tt = torch.full((x.shape[0],), tk, dtype=self.dtype, device=self.device)
-                    xs[k, start:stop] = x
-                    bs[k, start:stop] = self.field(x, tt)
+                    tt = torch.full((x.shape[0],), float(self.times[k]), dtype=self.dtype, device=self.device)
+                    xs[k, start:stop] = states[k]
+                    bs[k, start:stop] = self.field(states[k], tt)
         # validated once per build; batches drawn from the cache are not re-checked
         check_tensor("the pretrained trajectories (drift cache x)", xs)
         check_tensor("the pretrained drift (drift cache b_pre(x, t))", bs)

@@ -6,12 +6,16 @@ the solvers' scalar time is broadcast to ``(n,)`` in the dtype and on the device
 
 Path length of sample i is ``L_i = int_{t0}^{t1} |field(x_i(t), t)| dt`` (Euclidean norm over all
 non-batch dimensions); straightness is ``|x_i(t1) - x_i(t0)| / L_i`` (1 for a straight path traversed
-in one direction). :func:`sample_ode` integrates ``L`` with the *same* solver as ``x`` (augmented
-state ``(x, L)``, ``dL/dt = |field(x, t)|``), so the reported length has the accuracy of the method.
+in one direction). :func:`sample_ode` integrates ``L`` with the *same* solver steps as ``x``
+(augmented state ``(x, L)``, ``dL/dt = |field(x, t)|``), but the adaptive step control of dopri5
+measures the error of ``x`` alone (the RMS norm torchdiffeq uses for a plain solve of ``x``): the
+length rides along and never changes the steps, so the samples and the NFE are those of the plain
+solve of ``dx/dt = field(x, t)``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,8 +26,8 @@ from torchdiffeq import odeint
 from gftlib.types import VelocityField
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, check_tensor
 
-__all__ = ["SampleResult", "sample_ode", "sample_sde", "ODE_METHODS", "FIXED_STEP_METHODS",
-           "EVALS_PER_STEP"]
+__all__ = ["SampleResult", "sample_ode", "sample_sde", "sde_states_at", "ODE_METHODS",
+           "FIXED_STEP_METHODS", "EVALS_PER_STEP"]
 
 #: ODE methods accepted by :func:`sample_ode` (all from torchdiffeq).
 ODE_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4", "dopri5")
@@ -54,6 +58,11 @@ class SampleResult:
 def _flat_norm(v: Tensor) -> Tensor:
     """(n, *shape) -> (n,) Euclidean norm over the non-batch dimensions."""
     return v.reshape(v.shape[0], -1).norm(dim=1)
+
+
+def _x_only_norm(state: tuple[Tensor, Tensor]) -> Tensor:
+    """torchdiffeq's RMS norm of the ``x`` part of the augmented state ``(x, L)`` (ignores ``L``)."""
+    return state[0].abs().pow(2).mean().sqrt()
 
 
 def _straightness(x_start: Tensor, x_end: Tensor, length: Tensor) -> Tensor:
@@ -106,8 +115,10 @@ def sample_ode(
     """Integrate ``dx/dt = field(x, t)`` from ``x(t0) = x0`` to ``t1`` with torchdiffeq.
 
     method: "euler" | "midpoint" | "rk4" use a uniform grid of ``steps`` steps (NFE = 1, 2, 4 times
-    ``steps``); "dopri5" is adaptive with ``atol``/``rtol`` (which then also control the error of the
-    path length) and ``steps`` is ignored. ``nfe`` is counted by wrapping ``field``.
+    ``steps``); "dopri5" is adaptive with ``atol``/``rtol`` (which control the error of the
+    samples; the path length is integrated on the same steps without entering the step control,
+    so ``nfe`` and ``x`` equal a plain solve of ``x``) and ``steps`` is ignored. ``nfe`` is counted by
+    wrapping ``field``.
     Trajectory: with ``return_trajectory`` the states at the step grid (fixed-step methods) or at
     ``trajectory_times`` (required for dopri5; any method may pass them: fixed-step methods still
     step on their uniform grid and torchdiffeq interpolates linearly between grid points).
@@ -161,6 +172,8 @@ def sample_ode(
     if method in FIXED_STEP_METHODS:
         fixed_grid = grid
         options["grid_constructor"] = lambda func, y0, t: fixed_grid
+    else:  # step control on x alone: the path length must not change the steps (nor the NFE)
+        options["norm"] = _x_only_norm
     state0 = (x0, torch.zeros(n, dtype=x0.dtype, device=dev))
     with torch.set_grad_enabled(bool(grad) and torch.is_grad_enabled()):
         xs, ls = odeint(rhs, state0, out_t, method=method, atol=atol, rtol=rtol, options=options)
@@ -242,3 +255,50 @@ def sample_sde(
         times, trajectory = grid.to(device=x0.device, dtype=x0.dtype), torch.stack(traj)
     return SampleResult(x=x, nfe=steps, path_length=length, straightness=straight,
                         times=times, trajectory=trajectory)
+
+
+def sde_states_at(
+    drift: VelocityField,
+    x0: Tensor,
+    times: Sequence[float] | Tensor,
+    *,
+    diffusion: float,
+    steps: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """States of the Euler–Maruyama chain of :func:`sample_sde` (uniform grid of ``steps`` steps on
+    [0, 1]) at the increasing ``times`` in [0, 1]: (T, n, *shape).
+
+    The chain itself is exactly the sampler's (same grid); a time t in [t_j, t_{j+1}) is read off by
+    one partial step from the grid state, ``x_j + drift(x_j, t_j) (t - t_j) + g sqrt(t - t_j) z'``
+    with fresh ``z'``, whose law is the chain's marginal at t (the chain is not continued from it).
+    Noise comes from ``generator`` in a fixed order (reproducible). Runs under ``torch.no_grad()``.
+    """
+    steps = check_positive_int("steps", steps)
+    g = check_finite_number("diffusion", diffusion, minimum=0.0)
+    x0 = check_tensor("x0", x0, min_ndim=2)
+    tt = _check_trajectory_times(times, 0.0, 1.0)
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    n = x0.shape[0]
+    out = torch.empty((tt.numel(), *x0.shape), dtype=x0.dtype, device=x0.device)
+
+    def noise() -> Tensor:
+        z = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
+        return z.to(x0.device)
+
+    x, k = x0, 0
+    with torch.no_grad():
+        for j in range(steps + 1):
+            tj, last = float(grid[j]), j == steps
+            upper = math.inf if last else float(grid[j + 1])
+            if last and k == tt.numel():
+                break
+            b = drift(x, torch.full((n,), tj, dtype=x0.dtype, device=x0.device))
+            while k < tt.numel() and float(tt[k]) < upper:
+                dt = float(tt[k]) - tj
+                out[k] = x if dt <= 0 else x + b * dt + (g * dt ** 0.5) * noise()
+                k += 1
+            if not last:
+                dt = upper - tj
+                x = x + b * dt + (g * dt ** 0.5) * noise()
+    return out

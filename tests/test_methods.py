@@ -140,6 +140,33 @@ def test_cached_pairs_come_from_the_pretrained_flow(name):
     torch.testing.assert_close(pairs.x1, MEAN + STD * pairs.x0, atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["gft-coupling", "reflow", "gft-drift"])
+def test_diffusion_gives_every_cache_the_sde_drift(name):
+    """build_method(diffusion=g > 0): the one pretrained field is the SDE drift for g, and each
+    cache simulates it by Euler–Maruyama (pairs' x1 ~ p_pre, not the ODE of the drift); other
+    solver methods are refused with a clear error."""
+    from gftlib.interpolants import Interpolant
+    from scipy import stats as st
+
+    g = 0.8
+    path = GaussianMixturePath(GaussianMixture(weights=[1.0], means=[MEAN.tolist()], stds=[STD]), sigma=g)
+    drift = lambda x, t: path.drift(x, t, g).to(x.dtype)  # noqa: E731
+    data, _ = tiny_problem()
+    n = 2000
+    kw = {**SMALL, "cache_size": n, "solver_steps": 100, "n_trajectories": 8}
+    spec = build_method(name, target_data=data, pretrained_model=drift, interpolant=Interpolant(g),
+                        diffusion=g, **kw)
+    cache = spec.objective.pretrained if name != "reflow" else spec.objective.cache
+    assert cache.diffusion == g
+    if name != "gft-drift":
+        x1 = cache.pairs[1].double()
+        ks = max(st.kstest(x1[:, i].numpy(), "norm", args=(float(MEAN[i]), STD)).statistic for i in range(2))
+        assert ks <= 1.95 / n**0.5 + 0.02  # KS critical value (level 1e-3) + O(h) weak error
+    with pytest.raises(ValueError, match="solver_method must be 'euler', got 'rk4'"):
+        build_method(name, target_data=data, pretrained_model=drift, interpolant=Interpolant(g),
+                     diffusion=g, solver_method="rk4", **SMALL)
+
+
 def test_gft_drift_batch_is_the_frozen_drift():
     data, pretrained = tiny_problem()
     spec = build_method("gft-drift", target_data=data, pretrained_model=pretrained, **SMALL)

@@ -527,3 +527,72 @@ def test_objective_minimiser_in_a_window_is_the_gft_mixture_drift():
     # the test discriminates: target-only, pretrained-only and a mis-weighted beta are far away
     for wrong in (c_star(0.0), float(e_p / p_p), c_star(beta / (1 + beta))):
         assert abs(wrong - c_ref) > 20 * se
+
+
+# ------------------------------------------------- the drift cache's chain is the pretrained sampler
+def test_drift_cache_euler_chain_is_the_pretrained_sampler():
+    """Euler on the sampler's own grid (solver_steps uniform steps on [0, 1]); a cache time t in
+    [t_j, t_j+1) holds the partial Euler step x_j + b(x_j, t_j)(t - t_j); t = 1 holds p_pre's sample."""
+    field = velocity_of(gaussian_path())
+    steps = 8
+    times = torch.tensor([0.05, 0.3, 0.5, 0.9, 1.0], dtype=torch.float64)
+    cache = PretrainedDriftCache(field, (2,), n_trajectories=50, time_grid=times, solver_steps=steps, seed=2)
+    cache.prepare()
+    x0 = cache._noise(50, 0)
+    pre = sample_ode(field, x0, method="euler", steps=steps, return_trajectory=True)
+    for k, t in enumerate(times.tolist()):
+        j = min(int(math.floor(t * steps)), steps)
+        xj, tj = pre.trajectory[j], j / steps
+        want = xj if t == tj else xj + field(xj, torch.full((50,), tj)) * (t - tj)
+        x, _ = cache.points(k)
+        torch.testing.assert_close(x, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache.points(len(times) - 1)[0], pre.x, rtol=0, atol=0)
+
+
+def test_sde_states_at_law_and_chain():
+    """Zero drift: the state at any t is x0 + g W_t (variance 1 + g^2 t, exact for Euler–Maruyama);
+    constant drift c: mean c t. Asking for t = 1 only reproduces sample_sde with the same generator."""
+    from gftlib.samplers import sample_sde, sde_states_at
+
+    n, g = 20000, 0.7
+    x0 = torch.randn(n, 2, generator=gen(1), dtype=torch.float64)
+    c = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    times = [0.13, 0.5, 0.77]
+    states = sde_states_at(lambda x, t: c.expand_as(x), x0, times, diffusion=g, steps=10, generator=gen(2))
+    for k, t in enumerate(times):
+        se_m, var = math.sqrt((1 + g**2 * t) / n), 1 + g**2 * t
+        assert torch.allclose(states[k].mean(0), c * t, atol=5 * se_m)
+        assert torch.allclose(states[k].var(0), torch.full((2,), var, dtype=torch.float64),
+                              atol=5 * var * math.sqrt(2 / (n - 1)))
+    field = drift_of(gaussian_path(sigma=g), g)
+    x0f = x0.float()
+    end = sde_states_at(field, x0f, [1.0], diffusion=g, steps=10, generator=gen(3))[0]
+    ref = sample_sde(field, x0f, diffusion=g, steps=10, generator=gen(3)).x
+    assert torch.equal(end, ref)
+
+
+def _ks_to_target(x: torch.Tensor) -> float:
+    """Largest KS distance of the two coordinates of x to the target N(MEAN, STD^2)."""
+    from scipy import stats as st
+
+    return max(st.kstest(x[:, i].double().numpy(), "norm", args=(float(MEAN[i]), STD)).statistic
+               for i in range(2))
+
+
+def test_coupling_cache_with_diffusion_samples_the_pretrained_sde():
+    """g > 0: the pairs' x1 follow p_pre when the SDE drift is simulated by Euler–Maruyama; the same
+    drift integrated as an ODE (the old behaviour) misses p_pre (negative control)."""
+    g, n = 0.8, 4000
+    field = drift_of(gaussian_path(sigma=g), g)
+    cache = PretrainedCouplingCache(field, (2,), size=n, interpolant=Interpolant(g), diffusion=g,
+                                    solver_steps=200, seed=4)
+    x0, x1 = cache.pairs
+    # KS critical value at level 1e-3 for n points (1.95 / sqrt(n)), plus 0.01 for the O(h) weak error
+    bound = 1.95 / math.sqrt(n) + 0.01
+    assert _ks_to_target(x1) <= bound
+    wrong = sample_ode(field, x0, method="euler", steps=200).x
+    assert _ks_to_target(wrong) > bound
+    with pytest.raises(ValueError, match="solver_method must be 'euler', got 'rk4'"):
+        PretrainedCouplingCache(field, (2,), size=8, interpolant=Interpolant(g), diffusion=g, solver_method="rk4")
+    with pytest.raises(ValueError, match="solver_method must be 'euler', got 'dopri5'"):
+        PretrainedDriftCache(field, (2,), n_trajectories=8, diffusion=g, solver_method="dopri5")

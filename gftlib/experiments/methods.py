@@ -143,7 +143,11 @@ def build_method(
     {"n_stages": 4}): the cooling schedule of l2-reg / gft-*. ``target_coupling``: coupling of the
     target term of l2-reg / gft-* ("ot" default; ft uses "independent", ft-ot "ot", scratch
     "independent"). ``interpolant``/``diffusion``: the conditional path and its g (shared by both
-    terms; with g > 0 the pretrained network must be the SDE drift for g). ``cache_size``: pairs in
+    terms). With g > 0 ``pretrained_model`` must be the pretrained *SDE drift* for g (probability-flow
+    velocity + g^2/2 score), and both caches use it as such: the drift cache and the coupling cache
+    simulate the pretrained SDE by Euler–Maruyama (``solver_method="euler"``, anything else is
+    refused), so the cached pairs of gft-coupling and reflow are (x0, X_1) of that SDE, a coupling
+    of p0 and p_pre (THEORY T4). ``cache_size``: pairs in
     the coupling cache (gft-coupling, reflow; default N). ``n_trajectories`` (default min(N, 1024))
     and ``time_grid`` (default 32 midpoints; ``time_jitter=True``: a stratified random draw per
     build, see PretrainedDriftCache): drift cache (gft-drift). ``solver_method``,

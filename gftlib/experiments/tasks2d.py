@@ -43,10 +43,12 @@ from gftlib.data import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, check_methods, check_schedule_options, run_method
 from gftlib.experiments.profiles import PROFILES
+from gftlib.diversity import prdc
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
 from gftlib.objectives import FlowMatchingObjective
 from gftlib.samplers import FIXED_STEP_METHODS, sample_ode
+from gftlib.stability import early_degradation, max_upward_jump
 from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
 from gftlib.train import TrainConfig, train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
@@ -586,34 +588,6 @@ def reference_distances(task: Task2D, pretrained: nn.Module, *, n_repeats: int =
     key = {"kind": "tasks2d-reference", "task": task.as_dict(), "n_repeats": n_repeats, "device": dev.type}
     with _single_thread():
         return cached_torch("tasks2d-reference", key, build)
-
-
-def max_upward_jump(curve: Sequence[float]) -> float:
-    """max_k max(0, c[k+1] - c[k]) of a curve (0 for a non-increasing curve)."""
-    c = np.asarray(curve, dtype=np.float64)
-    if c.ndim != 1 or c.size < 2:
-        raise ValueError(f"curve must be 1-D with at least 2 points, got shape {c.shape}")
-    return float(max(0.0, np.max(np.diff(c))))
-
-
-def early_degradation(steps: Sequence[int], curve: Sequence[float], *, fraction: float = 0.25) -> float:
-    """max over evaluations at 0 < step <= fraction * last step of (curve(step) - curve(0)).
-
-    Positive: training first made the curve worse than at step 0. If no evaluation falls in the
-    window, the first one after step 0 is used.
-    """
-    s = np.asarray(steps, dtype=np.float64)
-    c = np.asarray(curve, dtype=np.float64)
-    if s.shape != c.shape or s.ndim != 1 or s.size < 2:
-        raise ValueError(f"steps and curve must be 1-D of the same length >= 2, got {s.shape} and {c.shape}")
-    if s[0] != 0:
-        raise ValueError(f"steps must start at 0 (the initial model), got {s[0]:g}")
-    fraction = check_finite_number("fraction", fraction, minimum=0.0, maximum=1.0, strict=True)
-    window = (s > 0) & (s <= fraction * s[-1])
-    if not window.any():
-        window = np.zeros_like(window)
-        window[1] = True
-    return float(np.max(c[window] - c[0]))
 
 
 @dataclass(frozen=True)
