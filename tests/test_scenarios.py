@@ -49,17 +49,16 @@ def test_budget_eval_steps_and_interpolant() -> None:
     assert it.sigma == 0.5 and it.t_eps > 0
 
 
-def test_sde_setting_refuses_the_coupling_cache_and_reflow(tmp_path, monkeypatch) -> None:
+def test_run_scenario_refuses_methods_outside_the_scenarios(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("GFT_CACHE_DIR", str(tmp_path))
-    with pytest.raises(ValueError, match="coupling cache would integrate the SDE drift"):
-        SC.run_scenario(tiny_task(), "gft-coupling", tiny_budget(diffusion=0.5))
     with pytest.raises(ValueError, match="method must be one of"):
         SC.run_scenario(tiny_task(), "reflow", tiny_budget())
     with pytest.raises(ValueError, match="methods\\[\\] must be one of"):
         SC.run_scenario(tiny_task(), "gft", tiny_budget())
 
 
-@pytest.mark.parametrize("diffusion, method", [(0.0, "gft-coupling"), (0.0, "l2-reg"), (0.5, "gft-drift")])
+@pytest.mark.parametrize("diffusion, method", [(0.0, "gft-coupling"), (0.0, "l2-reg"), (0.5, "gft-drift"),
+                                              (0.5, "gft-coupling")])
 def test_run_scenario_records_final_metrics_and_is_cached(tmp_path, monkeypatch, single_thread,
                                                           diffusion, method) -> None:
     monkeypatch.setenv("GFT_CACHE_DIR", str(tmp_path))
@@ -78,7 +77,10 @@ def test_run_scenario_records_final_metrics_and_is_cached(tmp_path, monkeypatch,
     assert len(list(tmp_path.glob("*.pt"))) == n_files  # loaded, not rebuilt
     assert np.array_equal(again.w2, run.w2)
     stab = SC.curve_stability([run])
-    assert stab["max_jump"][0] >= 0
+    assert set(stab) == set(SC.STABILITY_KEYS) and stab["max_jump"][0] >= 0 and stab["w2_iv"][0] >= 0
+    assert -1 <= stab["spearman"][0] <= 1
+    level, speed = SC.steps_to_level({method: [run]})
+    assert level == pytest.approx(1.05 * run.w2[-1]) and speed[method][0] <= 6
 
 
 def test_runs_are_deterministic_without_the_cache(tmp_path, monkeypatch, single_thread) -> None:
@@ -130,7 +132,6 @@ def test_resolve_setup_builds_nested_tasks_per_seed() -> None:
     assert small.seed == large.seed == 3
     assert torch.equal(small.target_train(), large.target_train()[: sizes[0]])
     assert setup.sde.diffusion > 0 and setup.stress.n_evals > 1 and setup.base.n_evals == 1
-    assert set(setup.sde_methods) <= set(SC.SDE_METHODS)
 
 
 @pytest.mark.parametrize("kw, match", [

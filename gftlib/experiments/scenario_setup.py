@@ -19,7 +19,7 @@ from gftlib.experiments import tasks2d as T2
 from gftlib.experiments.claims import compare_claim
 from gftlib.experiments.methods import check_methods
 from gftlib.experiments.profiles import PROFILES
-from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, SDE_METHODS, Budget, task_for_seed
+from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, Budget, task_for_seed
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "ScenarioSetup", "resolve_setup", "claim_rows"]
@@ -46,7 +46,7 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     "quick": {"hidden": 64, "depth": 3, "time_features": 16, "n_source": 4096, "pretrain_steps": 600,
               "pretrain_batch": 128, "pretrain_lr": 5e-3, "n_target_pool": 4096, "n_heldout": 512,
               "n_eval": 512, "eval_steps": 8, "cache_size": 1024, "n_trajectories": 512, "refresh_every": 40,
-              "stress_evals": 5, "em_steps": 32, "n_repeats": 4},
+              "stress_evals": 8, "em_steps": 32, "n_repeats": 4},
     "paper": {"hidden": 256, "depth": 3, "time_features": 32, "n_source": 16384, "pretrain_steps": 20000,
               "pretrain_batch": 512, "pretrain_lr": 1e-3, "n_target_pool": 8192, "n_heldout": 1024,
               "n_eval": 1024, "eval_steps": 16, "cache_size": 4096, "n_trajectories": 1024,
@@ -59,13 +59,11 @@ class ScenarioSetup:
     """What E5 needs after its parameters cell. ``tasks[n]``: one Task2D per seed with ``n_target = n``
     (the same seeds, data streams and pretrained models for every n: smaller training sets are the
     first points of larger ones); budgets: ``base`` (limited data, efficiency), ``stress`` (learning
-    rate ``stress_lr``, W2 curve), ``sde`` (g = ``diffusion``). ``sde_methods``: the methods valid
-    with g > 0 (see :data:`gftlib.experiments.scenarios.SDE_METHODS`)."""
+    rate ``stress_lr``, W2 curve), ``sde`` (g = ``diffusion``)."""
 
     tasks: dict[int, tuple[T2.Task2D, ...]]
     seeds: tuple[int, ...]
     methods: tuple[str, ...]
-    sde_methods: tuple[str, ...]
     base: Budget
     stress: Budget
     sde: Budget
@@ -112,8 +110,7 @@ def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
     stress = Budget(lr=params["stress_lr"], n_evals=min(s["stress_evals"], int(params["steps"])), **common)
     g = check_finite_number("diffusion", params["diffusion"], minimum=0.0, strict=True)
     sde = Budget(lr=params["lr"], diffusion=g, **common)
-    return ScenarioSetup(tasks=tasks, seeds=seeds, methods=methods,
-                         sde_methods=tuple(m for m in methods if m in SDE_METHODS), base=base, stress=stress,
+    return ScenarioSetup(tasks=tasks, seeds=seeds, methods=methods, base=base, stress=stress,
                          sde=sde, n_repeats=s["n_repeats"], device=resolve_device(params["device"]))
 
 

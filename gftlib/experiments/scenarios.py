@@ -13,8 +13,8 @@ t = 1 data; points are ``(n, 2)`` float32.
   SDE drift with sigma = g), sampled by Euler-Maruyama (scenario (d)).
 - Fine-tuning runs one method of :mod:`gftlib.experiments.methods` with the same interpolant and g as
   the pretrained model (THEORY T2: both terms must share g), GFT's drift cache with jittered,
-  refreshed times. With g > 0 only the methods whose pretrained term uses the network as an SDE drift
-  are allowed (:data:`SDE_METHODS`): the coupling cache integrates the network as an ODE velocity.
+  refreshed times. With g > 0 both caches simulate the pretrained SDE by Euler-Maruyama
+  (:func:`gftlib.experiments.methods.build_method`), so both GFT forms apply.
 - Evaluation (EMA model, fixed evaluation noise; the SDE noise is fixed per task too, so methods are
   compared on common random numbers): exact W2 to the held-out target, path length and straightness
   (of the drift part for SDEs), at the end also the dopri5 NFE (ODE) and the memorisation statistics
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.data import make_2d
+from gftlib import stability as ST
 from gftlib.experiments import tasks2d as T2
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import check_methods, run_method
@@ -47,14 +48,12 @@ from gftlib.schedules import SCHEDULES, make_schedule
 from gftlib.train import TrainConfig, train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
-__all__ = ["SCENARIO_METHODS", "SDE_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",
+__all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",
            "PretrainedReference", "pretrain_scenario", "sample", "pretrained_reference", "run_scenario",
-           "run_grid", "task_for_seed", "final_values", "curve_stability", "null_memorization", "resolvable_margin"]
+           "run_grid", "task_for_seed", "final_values", "curve_stability", "STABILITY_KEYS", "steps_to_level", "null_memorization", "resolvable_margin"]
 
 #: The methods compared in every scenario: the strongest fair baselines and both GFT forms.
 SCENARIO_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling")
-#: Methods valid with g > 0 (their pretrained term, if any, evaluates the network as the SDE drift).
-SDE_METHODS: tuple[str, ...] = ("scratch", "ft", "ft-ot", "l2-reg", "gft-drift")
 BASELINES: tuple[str, ...] = ("ft", "ft-ot", "l2-reg")
 GFT_FORMS: tuple[str, ...] = ("gft-drift", "gft-coupling")
 
@@ -311,14 +310,12 @@ def _run_uncached(task: T2.Task2D, method: str, seed: int, budget: Budget, dev: 
 def run_scenario(task: T2.Task2D, method: str, budget: Budget, *,
                  device: str | torch.device = "cpu") -> ScenarioRun:
     """Fine-tune ``task``'s scenario model on ``task.target_train()`` with ``method`` (training seed
-    = ``task.seed``). Methods: :data:`SCENARIO_METHODS` (and ``scratch``), only :data:`SDE_METHODS`
-    with ``budget.diffusion > 0``. Cached on the task, method, budget and device type."""
+    = ``task.seed``), one of :data:`SCENARIO_METHODS` or ``scratch``. Cached on the task, method,
+    budget and device type."""
     (method,) = check_methods([method])
-    if method == "reflow" or (budget.stochastic and method not in SDE_METHODS):
-        allowed = SDE_METHODS if budget.stochastic else SCENARIO_METHODS + ("scratch",)
-        raise ValueError(f"method must be one of {allowed} with diffusion={budget.diffusion:g}, got "
-                         f"{method!r}" + (" (its coupling cache would integrate the SDE drift as an ODE "
-                                          "velocity)" if budget.stochastic else ""))
+    if method not in SCENARIO_METHODS + ("scratch",):
+        raise ValueError(f"method must be one of {SCENARIO_METHODS + ('scratch',)} (fine-tuning methods of "
+                         f"the scenarios), got {method!r}")
     dev = resolve_device(device)
     key = {"kind": "scenario-run", "task": task.as_dict(), "method": method, "budget": budget.as_dict(),
            "device": dev.type}
@@ -337,16 +334,33 @@ def final_values(runs: Mapping[str, Sequence[ScenarioRun]], key: str) -> dict[st
     return {m: [float(r.final[key]) for r in rs] for m, rs in runs.items()}
 
 
+STABILITY_KEYS: tuple[str, ...] = ("w2_iv", "loss_iv", "spearman", "max_jump", "early_degradation")
+
+
 def curve_stability(runs: Sequence[ScenarioRun], *, early_fraction: float = 0.25) -> dict[str, list[float]]:
-    """Per-seed ``max_jump`` and ``early_degradation`` of the W2 curves (:mod:`tasks2d`), which need
-    an evaluation at step 0 (``Budget.n_evals >= 2``)."""
-    out: dict[str, list[float]] = {"max_jump": [], "early_degradation": []}
+    """Per-seed stability measures (:mod:`gftlib.stability`, lower is more stable for all):
+    ``w2_iv``: instantaneous variance of the W2 curve; ``loss_iv``: of the logged target loss
+    (means over log intervals); ``spearman``: Spearman rho of step and W2 (-1: monotone improvement);
+    ``max_jump``; ``early_degradation``. Needs an evaluation at step 0 (``Budget.n_evals >= 2``)."""
+    out: dict[str, list[float]] = {k: [] for k in STABILITY_KEYS}
     for r in runs:
-        if r.eval_steps.size < 2 or r.eval_steps[0] != 0:
+        if r.eval_steps.size < 3 or r.eval_steps[0] != 0:
             raise ValueError("curve_stability needs W2 curves evaluated at step 0 and later (n_evals >= 2)")
-        out["max_jump"].append(T2.max_upward_jump(r.w2))
-        out["early_degradation"].append(T2.early_degradation(r.eval_steps, r.w2, fraction=early_fraction))
+        out["w2_iv"].append(ST.instantaneous_variance(r.w2))
+        out["loss_iv"].append(ST.instantaneous_variance(r.loss_target))
+        out["spearman"].append(ST.spearman_rho(r.eval_steps, r.w2))
+        out["max_jump"].append(ST.max_upward_jump(r.w2))
+        out["early_degradation"].append(ST.early_degradation(r.eval_steps, r.w2, fraction=early_fraction))
     return out
+
+
+def steps_to_level(runs: Mapping[str, Sequence[ScenarioRun]], *, tolerance: float = 0.05
+                   ) -> tuple[float, dict[str, list[float]]]:
+    """Training speed: the level "within ``tolerance`` of the best final mean W2 over the methods"
+    and, per method and seed, the first evaluation step whose W2 reaches it (``inf``: never)."""
+    best = min(float(np.mean([r.w2[-1] for r in rs])) for rs in runs.values())
+    level = ST.relative_level(best, tolerance=tolerance)
+    return level, {m: [ST.steps_to_reach(r.eval_steps, r.w2, level) for r in rs] for m, rs in runs.items()}
 
 
 def resolvable_margin(refs: Sequence[PretrainedReference], z: float = T2.Z_999) -> float:
