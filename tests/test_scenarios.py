@@ -41,6 +41,13 @@ def test_budget_rejects_bad_values(kw, match) -> None:
         tiny_budget(**kw)
 
 
+def test_budget_ends_at_zero_only_for_cooling_schedules() -> None:
+    assert tiny_budget().ends_at_zero("gft-drift") and tiny_budget().ends_at_zero("ft")
+    const = tiny_budget(schedule_kind="constant")
+    assert not const.ends_at_zero("gft-coupling") and not const.ends_at_zero("l2-reg") and const.ends_at_zero("ft-ot")
+    assert tiny_budget(schedule_kind="constant", beta0=0.0).ends_at_zero("gft-drift")
+
+
 def test_budget_eval_steps_and_interpolant() -> None:
     assert tiny_budget().eval_steps().tolist() == [6]
     assert tiny_budget(n_evals=3).eval_steps().tolist() == [0, 2, 4, 6]

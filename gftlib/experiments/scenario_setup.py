@@ -27,7 +27,7 @@ __all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "ScenarioSetup", "resolve_setup"
 #: User-facing knobs of notebooks/e5_scenarios.ipynb per profile.
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
     "smoke": {"n_seeds": 2, "source": "checkerboard", "target": "moons", "n_targets": [32, 64],
-              "steps": 30, "batch_size": 64, "lr": 5e-3, "stress_lr": 2e-2, "diffusion": 0.5, "beta0": 2.0,
+              "steps": 20, "batch_size": 64, "lr": 5e-3, "stress_lr": 2e-2, "diffusion": 0.5, "beta0": 2.0,
               "schedule_kind": "cosine", "methods": ["ft-ot", "gft-drift"]},
     "quick": {"n_seeds": 5, "source": "checkerboard", "target": "moons", "n_targets": [32, 128, 512],
               "steps": 100, "batch_size": 64, "lr": 5e-3, "stress_lr": 2e-2, "diffusion": 0.5, "beta0": 2.0,
@@ -39,7 +39,7 @@ PROFILE_TABLE: dict[str, dict[str, Any]] = {
 
 #: Internal sizes per profile (model, pretraining, evaluation, caches).
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"hidden": 48, "depth": 3, "time_features": 8, "n_source": 1024, "pretrain_steps": 250,
+    "smoke": {"hidden": 48, "depth": 3, "time_features": 8, "n_source": 1024, "pretrain_steps": 150,
               "pretrain_batch": 128, "pretrain_lr": 1e-2, "n_target_pool": 1024, "n_heldout": 256,
               "n_eval": 256, "eval_steps": 8, "cache_size": 256, "n_trajectories": 128, "refresh_every": 15,
               "stress_evals": 3, "em_steps": 24, "n_repeats": 3},

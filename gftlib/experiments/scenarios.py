@@ -117,6 +117,12 @@ class Budget:
         """The conditional path shared by pretraining and every fine-tuning term."""
         return Interpolant(sigma=self.diffusion, t_eps=self.t_eps) if self.stochastic else Interpolant()
 
+    def ends_at_zero(self, method: str) -> bool:
+        """Whether ``method`` ends as plain CFM on the target (beta = 0 at the last step; a
+        ``constant`` schedule keeps beta0, so the scheduled methods then end at the mixture of T2)."""
+        return method not in T2.SCHEDULED_METHODS or make_schedule(
+            self.schedule_kind, self.beta0, self.steps).final == 0.0
+
     def eval_steps(self) -> np.ndarray:
         """Steps with an evaluation: the final one only (``n_evals = 1``), else 0 and n_evals points."""
         if self.n_evals == 1:
