@@ -124,6 +124,11 @@ def test_reference_and_null_memorization(tmp_path, monkeypatch, single_thread) -
     f, z = SC.null_memorization(task)
     assert 0 <= f <= 1 and math.isfinite(z)
     assert SC.resolvable_margin([ref]) == pytest.approx(T2.Z_999 * math.sqrt(2) * ref.floor_se)
+    sde = SC.pretrained_reference(task, tiny_budget(diffusion=0.5), n_repeats=3)
+    assert sde.floor == ref.floor and sde.metrics["w2"] != ref.metrics["w2"]  # shared floors, own model
+    other = type(ref)(**{**ref.__dict__, "floor_se": 2 * ref.floor_se})
+    assert SC.resolvable_margin([ref, other]) == pytest.approx(
+        T2.Z_999 * math.sqrt(2) * ref.floor_se * math.sqrt(2.5))
 
 
 # ------------------------------------------------------------------------------------------ setup

@@ -226,23 +226,34 @@ def pretrained_reference(task: T2.Task2D, budget: Budget, *, n_repeats: int = 8,
 
     def build() -> PretrainedReference:
         pre = pretrain_scenario(task, diffusion=budget.diffusion, t_eps=budget.t_eps, device=dev)
+        floors = _floors(task, n_repeats)
+        return PretrainedReference(
+            metrics=_metrics(task, pre, budget, final=True),
+            pretrained_source=wasserstein2(sample(task, pre, budget).x, task.source_heldout()), **floors)
+
+    key = {"kind": "scenario-reference", "task": task.as_dict(), "budget": _reference_key(budget),
+           "n_repeats": n_repeats, "device": dev.type}
+    with T2._single_thread():
+        return cached_torch("scenario-reference", key, build)
+
+
+def _floors(task: T2.Task2D, n_repeats: int) -> dict[str, float]:
+    """The W2 noise floors of :class:`PretrainedReference` (no model involved; cached per task)."""
+
+    def build() -> dict[str, float]:
         tgt_held, src_held = task.target_heldout(), task.source_heldout()
         gen = torch.Generator().manual_seed(task.seed * 100_003 + _SDE_NOISE_ROLE + 1)
         tgt = [make_2d(task.target, task.n_eval, generator=gen) for _ in range(n_repeats)]
         src = [make_2d(task.source, task.n_eval, generator=gen) for _ in range(n_repeats)]
         w_t = [wasserstein2(x, tgt_held) for x in tgt]
         w_s = [wasserstein2(x, src_held) for x in src]
-        return PretrainedReference(
-            metrics=_metrics(task, pre, budget, final=True),
-            pretrained_source=wasserstein2(sample(task, pre, budget).x, src_held),
-            floor=float(np.mean(w_t)), floor_se=float(np.std(w_t, ddof=1)),
-            source_floor=float(np.mean(w_s)), source_floor_se=float(np.std(w_s, ddof=1)),
-            source_target=wasserstein2(src[0], tgt_held))
+        return {"floor": float(np.mean(w_t)), "floor_se": float(np.std(w_t, ddof=1)),
+                "source_floor": float(np.mean(w_s)), "source_floor_se": float(np.std(w_s, ddof=1)),
+                "source_target": wasserstein2(src[0], tgt_held)}
 
-    key = {"kind": "scenario-reference", "task": task.as_dict(), "budget": _reference_key(budget),
-           "n_repeats": n_repeats, "device": dev.type}
+    key = {"kind": "scenario-floors", "task": task.as_dict(), "n_repeats": n_repeats}
     with T2._single_thread():
-        return cached_torch("scenario-reference", key, build)
+        return cached_torch("scenario-floors", key, build)
 
 
 def null_memorization(task: T2.Task2D) -> tuple[float, float]:
@@ -370,6 +381,9 @@ def steps_to_level(runs: Mapping[str, Sequence[ScenarioRun]], *, tolerance: floa
 
 
 def resolvable_margin(refs: Sequence[PretrainedReference], z: float = T2.Z_999) -> float:
-    """``z sqrt(2) max_seed floor_se``: the one-sided critical difference of two W2 evaluations
-    (the largest of the seeds' standard errors, so a conservative margin for every seed)."""
-    return float(z * math.sqrt(2.0) * max(r.floor_se for r in refs))
+    """``z sqrt(2) SE``: the one-sided critical difference of two W2 evaluations, with SE the pooled
+    standard error over seeds, sqrt(mean_seed floor_se^2) (the same evaluation sizes for every seed,
+    so one SE; pooling the seeds' variances gives it n_seeds * (n_repeats - 1) degrees of freedom)."""
+    if not refs:
+        raise ValueError("refs must hold at least one PretrainedReference, got none")
+    return float(z * math.sqrt(2.0) * math.sqrt(float(np.mean([r.floor_se**2 for r in refs]))))
