@@ -74,8 +74,10 @@ def test_summary_lists_claims(tmp_path: Path) -> None:
     assert "| shorter paths | pooled | path length (lower better) | gft-coupling | ft-ot |" in text
     assert text.count("**reproduced**") == 2
     assert "3 claim rows, 3 tested hypotheses in the Holm family." in text
-    assert "| e1_demo | shorter paths | ft | 1 | 0 | 0 | gft-coupling: reproduced |" in text
+    assert "| e1_demo | shorter paths | coupling: reproduced | coupling: reproduced |" in text
+    assert "| e2_demo | old | coupling: inconclusive | - |" in text  # legacy row: Welch, baseline ft
     assert "| e1_demo | 1/1 | - |" in text
+    assert "rows against `ft-ot`, Holm-corrected): *reproduced*: shorter paths (coupling, e1_demo" in text
     readme = "intro\n" + README_START + "\nstale\n" + README_END + "\nrest\n"
     new = update_readme(readme, "TABLE")
     assert new == "intro\n" + README_START + "\nTABLE\n" + README_END + "\nrest\n"

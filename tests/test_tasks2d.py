@@ -138,7 +138,7 @@ def test_max_upward_jump_and_early_degradation() -> None:
     assert T2.early_degradation([0, 50, 100], [1.0, 1.3, 0.2], fraction=0.25) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="steps must start at 0"):
         T2.early_degradation([1, 2], [1.0, 2.0])
-    with pytest.raises(ValueError, match="at least 2 points"):
+    with pytest.raises(ValueError, match="at least 2 finite numbers"):
         T2.max_upward_jump([1.0])
     with pytest.raises(ValueError, match="fraction must be a finite number > 0 and < 1"):
         T2.early_degradation([0, 1], [1.0, 2.0], fraction=1.0)
