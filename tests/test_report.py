@@ -77,6 +77,7 @@ def test_summary_lists_claims(tmp_path: Path) -> None:
     assert "| e1_demo | shorter paths | coupling: reproduced | coupling: reproduced |" in text
     assert "| e2_demo | old | coupling: inconclusive | - |" in text  # legacy row: Welch, baseline ft
     assert "| e1_demo | 1/1 | - |" in text
+    assert "rows against `ft-ot`, Holm-corrected): *reproduced*: shorter paths (coupling, e1_demo" in text
     readme = "intro\n" + README_START + "\nstale\n" + README_END + "\nrest\n"
     new = update_readme(readme, "TABLE")
     assert new == "intro\n" + README_START + "\nTABLE\n" + README_END + "\nrest\n"
