@@ -23,6 +23,13 @@ Two kinds of claim:
 
 A single seed per method (or a paired design with fewer than two pairs) gives no variance: the row
 has no p-value, takes no part in the correction and is always *inconclusive*.
+
+Zero variance. When every seed gives the same difference (a discrete metric such as dopri5 NFE:
+20 vs 26 on all five seeds) the standard error is 0 and the t statistic is undefined; the t-test's
+``p = 0`` would be an artefact. Such a test falls back to the exact randomization test of the same
+design, which needs no variance: sign flips of the paired differences (one-sided ``p = 2^-n``,
+two-sided ``2^(1-n)``: 0.0625 for five seeds, never significant) or relabellings of the two samples
+(one-sided ``1 / C(n_a + n_b, n_a)``); ``p = 1`` when the shifted statistic is 0 or points the other way.
 """
 
 from __future__ import annotations
@@ -50,12 +57,31 @@ def _values(name: str, values: Sequence[float]) -> np.ndarray:
 
 
 def _t_p(t: float, df: float, alternative: str) -> float:
-    """p-value of a t statistic (``t = +-inf`` when the standard error is 0 and the mean is not)."""
+    """p-value of a finite t statistic."""
     if alternative == "two-sided":
         return float(2.0 * _st.t.sf(abs(t), df))
     if alternative == "greater":
         return float(_st.t.sf(t, df))
     return float(_st.t.cdf(t, df))
+
+
+def _exact_min_p(n_a: int, n_b: int, paired: bool) -> float:
+    """Smallest one-sided p of the exact randomization test (sign flips / relabellings)."""
+    return 0.5 ** n_a if paired else 1.0 / math.comb(n_a + n_b, n_a)
+
+
+def _p(shift: float, se: float, df: float, alternative: str, n_a: int, n_b: int, paired: bool) -> float:
+    """p-value of ``H0`` for the statistic ``shift / se``: the t-test, or with ``se = 0`` the exact
+    randomization test (see the module docstring: a zero standard error must not give ``p = 0``)."""
+    if se > 0.0:
+        return _t_p(shift / se, df, alternative)
+    if shift == 0.0:
+        return 1.0
+    one_sided = _exact_min_p(n_a, n_b, paired)
+    if alternative == "two-sided":
+        return min(1.0, 2.0 * one_sided)
+    agrees = shift > 0 if alternative == "greater" else shift < 0
+    return one_sided if agrees else 1.0
 
 
 def _moments(a: np.ndarray, b: np.ndarray, paired: bool) -> tuple[float, float, float]:
@@ -103,7 +129,8 @@ def two_sample(a: Sequence[float], b: Sequence[float], *, paired: bool,
     Returns ``{"test", "n_a", "n_b", "diff", "se", "df", "ci": [lo, hi], "p", "effect_size",
     "effect_size_kind"}``; ``p``, ``ci``, ``se``, ``df`` and ``effect_size`` are ``None`` with fewer
     than two seeds. Effect size: paired ``d_z = mean(d) / sd(d)``, otherwise Hedges' g.
-    ``+-inf`` effect size (and ``p = 0``) when every seed gives the same nonzero difference.
+    ``+-inf`` effect size when every seed gives the same nonzero difference (``p`` is then the exact
+    randomization test's, never 0).
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -116,14 +143,13 @@ def two_sample(a: Sequence[float], b: Sequence[float], *, paired: bool,
         return out
     diff, se, df = _moments(x, y, paired)
     half = float(_st.t.ppf(0.5 + confidence / 2.0, df)) * se
-    t = _t_stat(diff, se)
     if paired:
         sd = float((x - y).std(ddof=1))
         effect = _t_stat(diff, sd)
     else:
         effect = hedges_g(x, y)
-    out.update(diff=diff, se=se, df=df, ci=[diff - half, diff + half], p=_t_p(t, df, "two-sided"),
-               effect_size=effect)
+    p = _p(diff, se, df, "two-sided", x.size, y.size, paired)
+    out.update(diff=diff, se=se, df=df, ci=[diff - half, diff + half], p=p, effect_size=effect)
     return out
 
 
@@ -142,10 +168,11 @@ def tost(a: Sequence[float], b: Sequence[float], *, margin: float, better: str,
     if not _check_design(x, y, paired):
         return {"p_equivalent": None, "p_worse": None}
     diff, se, df = _moments(x, y, paired)
-    p_low = _t_p(_t_stat(diff + margin, se), df, "greater")  # H0: delta <= -margin
-    p_high = _t_p(_t_stat(diff - margin, se), df, "less")  # H0: delta >= +margin
+    n = (x.size, y.size, paired)
+    p_low = _p(diff + margin, se, df, "greater", *n)  # H0: delta <= -margin
+    p_high = _p(diff - margin, se, df, "less", *n)  # H0: delta >= +margin
     sign = 1.0 if better == "lower" else -1.0  # worse direction of delta
-    p_worse = _t_p(_t_stat(sign * diff - margin, se), df, "greater")  # H0: sign*delta <= margin
+    p_worse = _p(sign * diff - margin, se, df, "greater", *n)  # H0: sign*delta <= margin
     return {"p_equivalent": max(p_low, p_high), "p_worse": p_worse}
 
 

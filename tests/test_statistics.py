@@ -36,7 +36,8 @@ def test_degenerate_designs() -> None:
     same = S.two_sample([26.0, 26.0, 26.0], [26.0, 26.0, 26.0], paired=True)
     assert same["p"] == 1.0 and same["effect_size"] == 0.0
     shift = S.two_sample([24.0, 25.0, 26.0], [26.0, 27.0, 28.0], paired=True)  # every seed: -2
-    assert shift["p"] == 0.0 and shift["effect_size"] == -math.inf
+    # zero variance: the exact sign-flip test (2 of 2^3 flips are as extreme), never the t-test's p = 0
+    assert shift["p"] == pytest.approx(2 / 2**3) and shift["effect_size"] == -math.inf
     with pytest.raises(ValueError, match="paired=True needs one value per seed"):
         S.two_sample([1.0, 2.0], [1.0, 2.0, 3.0], paired=True)
     with pytest.raises(ValueError, match="a must be a non-empty 1-D list of finite numbers"):
@@ -140,3 +141,30 @@ def test_power_with_a_real_difference() -> None:
     power = hits / total
     assert analytic > 0.8
     assert power >= analytic - 3 * math.sqrt(analytic * (1 - analytic) / total)
+
+
+def _sign_flip_p(d: np.ndarray) -> float:
+    """Two-sided exact sign-flip p-value of mean(d), by enumeration."""
+    import itertools
+
+    obs = abs(d.mean())
+    flips = [abs((d * np.array(sig)).mean()) >= obs - 1e-12
+             for sig in itertools.product((1.0, -1.0), repeat=d.size)]
+    return float(np.mean(flips))
+
+
+def test_zero_variance_uses_the_exact_randomization_test() -> None:
+    # dopri5 NFE 20 vs 26 on all five seeds: the t-test would say p = 0; sign flips say 2/32
+    gft, base = [20.0] * 5, [26.0] * 5
+    paired = S.two_sample(gft, base, paired=True)
+    assert paired["p"] == pytest.approx(_sign_flip_p(np.array(gft) - np.array(base))) == 0.0625
+    assert S.verdict(kind="difference", better="lower", diff=paired["diff"],
+                     p_adjusted=S.holm([paired["p"]])[0]) == "inconclusive"
+    welch = S.two_sample(gft, base, paired=False)  # 2 of C(10, 5) = 252 relabellings are as extreme
+    assert welch["p"] == pytest.approx(2 / math.comb(10, 5))
+    # TOST with constant differences: inside the margin both one-sided tests take the exact p
+    eq = S.tost([1.0, 1.1, 1.2, 1.3, 1.4], [1.0, 1.1, 1.2, 1.3, 1.4], margin=0.5, better="lower",
+                paired=True)
+    assert eq["p_equivalent"] == pytest.approx(0.5**5) and eq["p_worse"] == 1.0
+    far = S.tost([2.0] * 5, [1.0] * 5, margin=0.5, better="lower", paired=True)  # worse by 1 > 0.5
+    assert far["p_equivalent"] == 1.0 and far["p_worse"] == pytest.approx(0.5**5)
