@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -510,11 +509,9 @@ def no_kernel(monkeypatch) -> list[str]:
 
 def test_unknown_notebook_parameter_fails_before_the_kernel_starts(tmp_path, no_kernel) -> None:
     nb = _notebook(tmp_path / "a.ipynb")
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"a\.ipynb: unknown parameter\(s\) \['sede'\]; the parameters cell "
                                          r"declares \['device', 'n', 'profile', 'seed'\]"):
         RN.run_notebook(nb, parameters={"sede": 1, "seed": 2}, build_dir=tmp_path / "build")
-    assert time.perf_counter() - start < 2.0
     assert no_kernel == []
     assert not (tmp_path / "build").exists()
 
@@ -527,10 +524,8 @@ def test_cli_rejects_a_parameter_typo_for_a_real_notebook(tmp_path, no_kernel, c
     declared = RN.declared_parameters(nb)
     knob = sorted(set(declared) - {"seed", "profile", "device"} or declared)[0]
     typo = knob[:-1] if knob[:-1] not in declared else knob + "_"  # e.g. n_paths -> n_path
-    start = time.perf_counter()
     rc = RN.main([str(nb), "--profile", "smoke", "--device", "cpu", "--build", str(tmp_path / "build"),
                   "-p", typo, "100"])
-    assert time.perf_counter() - start < 2.0
     assert rc == 1
     err = capsys.readouterr().err
     assert f"unknown parameter(s) [{typo!r}]" in err and repr(knob) in err
