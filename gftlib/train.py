@@ -24,6 +24,12 @@ check runs every step (before the optimizer update); on a GPU a device-side reco
 step is checked at each log / evaluation / checkpoint boundary (no per-step host sync), and no
 checkpoint is ever written after a bad step, so the last good checkpoint is kept.
 
+Preemption. SIGTERM or SIGUSR1 during training (handlers installed in the main thread only, the
+previous ones restored when ``train`` returns) finishes the update in progress, writes its checkpoint
+(to ``checkpoint_dir``, if any) and raises :class:`gftlib.preemption.TrainingPreempted`; calling
+``train`` again with the same arguments resumes bit for bit. Under DDP the ranks agree on the stop
+flag through a collective, so all stop after the same update (details: :mod:`gftlib.preemption`).
+
 Distributed. Under ``torchrun`` (process group initialised, e.g. by
 :func:`gftlib.distributed.init_from_env`) the model is wrapped in DDP (gradients averaged over
 ranks), ``objective.set_rank(rank, world_size)`` is called, logged losses are averaged over ranks,
@@ -57,6 +63,7 @@ from gftlib.checkpoint import (
 )
 from gftlib.fastpath import ChannelsLastInput
 from gftlib.models import to_fast_layout
+from gftlib.preemption import ACCELERATOR_CHECK_EVERY, PreemptionWatch, TrainingPreempted, agree
 from gftlib.validation import (
     check_bool,
     check_choice,
@@ -65,7 +72,8 @@ from gftlib.validation import (
     resolve_device,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "AMP_MODES", "RESULT_FIELDS"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "TrainingPreempted", "train", "AMP_MODES",
+           "RESULT_FIELDS"]
 
 AMP_MODES: tuple[str, ...] = ("none", "bf16")
 
@@ -454,96 +462,107 @@ def train(
 
         pbar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True, leave=False)
 
-    for k in range(start + 1, steps + 1):
-        beta = float(betas[k - 1])
-        lr_k = config.lr * min(1.0, k / config.warmup_steps) if config.warmup_steps else config.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr_k
-        optimizer.zero_grad(set_to_none=True)
-        with amp:
-            terms = objective.loss(net, beta, generator)
-        total = _as_scalar("total", terms.total, device).float()
-        if k == start + 1 and not total.requires_grad:
-            raise ValueError(
-                "LossTerms.total does not require grad: the objective must compute it from the model"
-            )
-        target = _as_scalar("target", getattr(terms, "target", total), device).detach().float()
-        pre = _as_scalar("pretrained", getattr(terms, "pretrained", 0.0), device).detach().float()
-        total.backward()
-        gnorm = _grad_norm(params, config.grad_clip).detach().float()
-        vals = torch.stack([total.detach(), target, pre, gnorm])
-        nonfinite = ~torch.isfinite(vals)
-        if per_step_check:
-            any_bad = nonfinite.any().float()
-            if world > 1:  # every rank must take the same branch (collectives follow)
-                D.all_reduce_(any_bad, "max")
-            if bool(any_bad):
-                bad_step.fill_(k)
-                bad_flags.copy_(nonfinite)
-                bad_vals.copy_(vals)
-                raise_if_bad()
-        else:
-            new = nonfinite.any() & (bad_step == 0)
-            bad_step = torch.where(new, torch.full_like(bad_step, k), bad_step)
-            bad_flags = torch.where(new, nonfinite, bad_flags)
-            bad_vals = torch.where(new, vals, bad_vals)
-        optimizer.step()
-        decay = min(config.ema_decay, (1 + k) / (10 + k)) if config.ema_warmup else config.ema_decay
-        ema.update(decay)
-        acc += vals
-        count += 1
-        if pbar is not None:
-            pbar.update(1)
-
-        is_log = k % config.log_every == 0 or k == steps
-        is_eval = evaluate is not None and (k == steps or (config.eval_every is not None
-                                                            and k % config.eval_every == 0))
-        is_ckpt = ckpt_dir is not None and (k == steps or (config.checkpoint_every is not None
-                                                            and k % config.checkpoint_every == 0))
-        if not (is_log or is_eval or is_ckpt):
-            continue
-        if not per_step_check:
-            raise_if_bad()
-        if is_log:
-            D.all_reduce_(acc, "sum")
-            means = (acc / (count * world)).tolist()
-            entry = {"step": k, "beta": beta,
-                     **dict(zip(("total", "target", "pretrained", "grad_norm"), means)), "lr": lr_k}
-            history.append(entry)
-            acc.zero_()
-            count = 0
+    with PreemptionWatch() as watch:  # SIGTERM/SIGUSR1: checkpoint at the next boundary, stop
+        for k in range(start + 1, steps + 1):
+            beta = float(betas[k - 1])
+            lr_k = config.lr * min(1.0, k / config.warmup_steps) if config.warmup_steps else config.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr_k
+            optimizer.zero_grad(set_to_none=True)
+            with amp:
+                terms = objective.loss(net, beta, generator)
+            total = _as_scalar("total", terms.total, device).float()
+            if k == start + 1 and not total.requires_grad:
+                raise ValueError(
+                    "LossTerms.total does not require grad: the objective must compute it from the model"
+                )
+            target = _as_scalar("target", getattr(terms, "target", total), device).detach().float()
+            pre = _as_scalar("pretrained", getattr(terms, "pretrained", 0.0), device).detach().float()
+            total.backward()
+            gnorm = _grad_norm(params, config.grad_clip).detach().float()
+            vals = torch.stack([total.detach(), target, pre, gnorm])
+            nonfinite = ~torch.isfinite(vals)
+            if per_step_check:
+                any_bad = nonfinite.any().float()
+                if world > 1:  # every rank must take the same branch (collectives follow)
+                    D.all_reduce_(any_bad, "max")
+                if bool(any_bad):
+                    bad_step.fill_(k)
+                    bad_flags.copy_(nonfinite)
+                    bad_vals.copy_(vals)
+                    raise_if_bad()
+            else:
+                new = nonfinite.any() & (bad_step == 0)
+                bad_step = torch.where(new, torch.full_like(bad_step, k), bad_step)
+                bad_flags = torch.where(new, nonfinite, bad_flags)
+                bad_vals = torch.where(new, vals, bad_vals)
+            optimizer.step()
+            decay = min(config.ema_decay, (1 + k) / (10 + k)) if config.ema_warmup else config.ema_decay
+            ema.update(decay)
+            acc += vals
+            count += 1
             if pbar is not None:
-                pbar.set_postfix(loss=f"{entry['total']:.4g}", beta=f"{beta:.3g}", refresh=False)
-        if is_eval and main:
-            metrics = evaluate(ema.model, k)
-            if not isinstance(metrics, Mapping):
-                raise TypeError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
-            metrics = {str(key): _plain(v) for key, v in metrics.items()}
-            if history and history[-1]["step"] == k:
-                history[-1].update(metrics)
-            else:
-                history.append({"step": k, "beta": beta, **metrics})
-        if is_ckpt:
-            ranks = D.all_gather_objects({"rng": _global_rng_state(), "objective": objective.state_dict(),
-                                          "log_acc": acc.tolist(), "log_count": count})
-            if main:
-                state = {
-                    "beta": beta,
-                    "model": module.state_dict(),
-                    "ema": ema.model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "rng": [r["rng"] for r in ranks],
-                    "objective": [r["objective"] for r in ranks],
-                    "log_acc": [(r["log_acc"], r["log_count"]) for r in ranks],  # open log interval
-                    "history": history,
-                    "config": asdict(config),
-                    "fingerprint": fp,
-                    "world_size": world,
-                }
-                last_ckpt = str(save_checkpoint(state, ckpt_dir, k, keep=config.keep_checkpoints))
-            else:
-                last_ckpt = str(ckpt_dir / f"ckpt_{k:08d}.pt")
+                pbar.update(1)
+
+            is_log = k % config.log_every == 0 or k == steps
+            is_eval = evaluate is not None and (k == steps or (config.eval_every is not None
+                                                                and k % config.eval_every == 0))
+            is_ckpt = ckpt_dir is not None and (k == steps or (config.checkpoint_every is not None
+                                                                and k % config.checkpoint_every == 0))
+            stop, signal_name = False, ""
+            if k < steps and (world == 1 or device.type == "cpu" or k % ACCELERATOR_CHECK_EVERY == 0
+                              or is_log or is_eval or is_ckpt):  # the same k on every rank
+                stop, signal_name = agree(watch, device)
+                is_ckpt = is_ckpt or (stop and ckpt_dir is not None)
+            if not (is_log or is_eval or is_ckpt or stop):
+                continue
+            if not per_step_check:
+                raise_if_bad()
+            if is_log:
+                D.all_reduce_(acc, "sum")
+                means = (acc / (count * world)).tolist()
+                entry = {"step": k, "beta": beta,
+                         **dict(zip(("total", "target", "pretrained", "grad_norm"), means)), "lr": lr_k}
+                history.append(entry)
+                acc.zero_()
+                count = 0
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{entry['total']:.4g}", beta=f"{beta:.3g}", refresh=False)
+            if is_eval and main:
+                metrics = evaluate(ema.model, k)
+                if not isinstance(metrics, Mapping):
+                    raise TypeError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
+                metrics = {str(key): _plain(v) for key, v in metrics.items()}
+                if history and history[-1]["step"] == k:
+                    history[-1].update(metrics)
+                else:
+                    history.append({"step": k, "beta": beta, **metrics})
+            if is_ckpt:
+                ranks = D.all_gather_objects({"rng": _global_rng_state(), "objective": objective.state_dict(),
+                                              "log_acc": acc.tolist(), "log_count": count})
+                if main:
+                    state = {
+                        "beta": beta,
+                        "model": module.state_dict(),
+                        "ema": ema.model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "rng": [r["rng"] for r in ranks],
+                        "objective": [r["objective"] for r in ranks],
+                        "log_acc": [(r["log_acc"], r["log_count"]) for r in ranks],  # open log interval
+                        "history": history,
+                        "config": asdict(config),
+                        "fingerprint": fp,
+                        "world_size": world,
+                    }
+                    last_ckpt = str(save_checkpoint(state, ckpt_dir, k, keep=config.keep_checkpoints))
+                else:
+                    last_ckpt = str(ckpt_dir / f"ckpt_{k:08d}.pt")
+            if stop:
+                D.barrier()  # rank 0 has written the checkpoint before any rank exits
+                if pbar is not None:
+                    pbar.close()
+                raise TrainingPreempted(k, signal_name, last_ckpt if ckpt_dir is not None else None)
     if pbar is not None:
         pbar.close()
     if not per_step_check:

@@ -5,6 +5,12 @@ batch size is the global batch). Re-running the same command with the same ``--c
 resumes exactly where a killed run stopped; a finished run is not repeated (its final checkpoint
 is loaded and ``--out`` rewritten). A different command on the same directory is refused.
 
+Exit codes: 0 done; 75 (``EX_TEMPFAIL``, :data:`gftlib.preemption.EXIT_PREEMPTED`) preempted:
+SIGTERM or SIGUSR1 (what SLURM and most schedulers send before a time limit) made the run write a
+checkpoint after the update in progress and stop, without writing ``--out``; rerun the same command
+to resume bit-exactly. Under torchrun every rank exits 75 (torchrun itself then reports the failed
+ranks and their exit code 75 and exits 1). 2 bad arguments (argparse); 1 any other error.
+
 Tasks: ``2d``: ``--n-data`` points of ``gftlib.data.make_2d(--dataset)`` (default "moons"), an
 ``MLPVelocity(2, --hidden, --depth)``. ``images``: ``gftlib.data.image_patches(--dataset)``
 (default "natural", train split) at the tiny UNet's 16 x 16 resolution, ``unet_config('tiny')``.
@@ -29,6 +35,7 @@ from torch import nn
 
 from gftlib import distributed as D
 from gftlib.io import atomic_torch_save, atomic_write_json
+from gftlib.preemption import EXIT_PREEMPTED, TrainingPreempted
 from gftlib.schedules import SCHEDULES
 from gftlib.train import AMP_MODES, TrainConfig, train
 
@@ -151,7 +158,14 @@ def main(argv: list[str] | None = None) -> int:
                                                 "target_coupling")
         }
         fingerprint["pretrained_sha256"] = _sha256(args.pretrained) if args.pretrained else None
-        result = train(model, spec.objective, config, schedule=spec.schedule, fingerprint=fingerprint)
+        try:
+            result = train(model, spec.objective, config, schedule=spec.schedule, fingerprint=fingerprint)
+        except TrainingPreempted as stop:
+            if ctx.is_main:
+                print(f"[train_cli] {stop}", file=sys.stderr, flush=True)
+                print(json.dumps({"preempted": stop.signal_name, "step": stop.step,
+                                  "checkpoint": stop.checkpoint}), flush=True)
+            return EXIT_PREEMPTED
         if args.out is not None and (ctx.is_main or args.per_rank_out):
             out = Path(args.out)
             payload = {"format": WEIGHTS_FORMAT, "model": result.model.state_dict(),
