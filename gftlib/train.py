@@ -15,8 +15,10 @@ RNGs (dropout) are seeded with ``config.seed + rank`` at a fresh start (a docume
 A checkpoint holds everything that influences later steps: model, EMA, optimizer, step, beta, the
 trainer's generator, every rank's global RNG states and objective state, the history so far and a
 fingerprint of the result-relevant settings; resuming from it continues bit for bit on the CPU.
-``train`` resumes automatically from the newest checkpoint in ``config.checkpoint_dir`` and
-refuses one written with different result-relevant settings (steps, lr, seed, schedule, ...).
+``train`` resumes automatically from the newest *good* checkpoint in ``config.checkpoint_dir`` (a
+newer one that fails its checksum or does not load is reported with its path, renamed to
+``<name>.corrupt`` and skipped: :func:`gftlib.checkpoint.latest_good_checkpoint`) and refuses one
+written with different result-relevant settings (steps, lr, seed, schedule, ...).
 
 Non-finite guard. A non-finite loss term or gradient norm stops training with
 :class:`NonFiniteLossError` (a ``FloatingPointError``) naming the step and the term. On the CPU the
@@ -56,8 +58,8 @@ from torch import Tensor, nn
 
 from gftlib import distributed as D
 from gftlib.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    latest_good_checkpoint,
+    quarantine,
     remove_stale_temporary_files,
     save_checkpoint,
 )
@@ -99,7 +101,7 @@ class TrainConfig:
     decay ``ema_decay`` (with ``ema_warmup`` the decay at step k is min(ema_decay, (1 + k)/(10 + k)),
     so short runs are not dominated by the initial weights). History every ``log_every`` steps,
     ``evaluate`` every ``eval_every`` steps (and at the end), checkpoints every ``checkpoint_every``
-    steps (and at the end) into ``checkpoint_dir`` keeping the newest ``keep_checkpoints``.
+    steps (and at the end) into ``checkpoint_dir`` keeping the newest ``keep_checkpoints`` (>= 2).
     ``device``: "auto" | "cpu" | "cuda" | "cuda:N". ``amp``: "none" | "bf16" (forward under bf16
     autocast; loss, gradients, optimizer state and EMA in fp32). ``compile``: torch.compile the model.
     ``channels_last``: convert the model's 4-D weights to channels_last
@@ -155,7 +157,8 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} needs checkpoint_dir (where to write), got None"
             )
-        put("keep_checkpoints", check_positive_int("keep_checkpoints", self.keep_checkpoints))
+        # >= 2: a corrupt newest checkpoint must leave a previous good one to fall back to
+        put("keep_checkpoints", check_positive_int("keep_checkpoints", self.keep_checkpoints, minimum=2))
         put("seed", check_positive_int("seed", self.seed, minimum=0))
         resolve_device(self.device)
         put("device", str(self.device))
@@ -397,9 +400,8 @@ def train(
     if ckpt_dir is not None:
         if main:
             remove_stale_temporary_files(ckpt_dir)  # left by a run killed mid-write
-        found = latest_checkpoint(ckpt_dir)
+        found, state, corrupt = latest_good_checkpoint(ckpt_dir, report=main)  # skips corrupt ones
         if found is not None:
-            state = load_checkpoint(found, map_location="cpu")
             _check_fingerprint(state["fingerprint"], fp, found)
             module.load_state_dict(state["model"])
             ema.model.load_state_dict(state["ema"])
@@ -415,6 +417,9 @@ def train(
             saved_acc, count = state["log_acc"][rank]
             resumed_from, last_ckpt = start, str(found)
         D.barrier()  # nobody prunes the file before every rank has read it
+        if main:
+            for bad in corrupt:
+                quarantine(bad)  # <name>.corrupt: kept for inspection, out of the rotation
 
     net: nn.Module = D.wrap_model(module, device)
     if config.channels_last:

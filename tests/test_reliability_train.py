@@ -70,7 +70,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert [p.name for p in C.list_checkpoints(tmp_path)] == ["ckpt_00000001.pt"]
     assert (tmp_path / "ckpt_00000001.pt").read_bytes() == before
     assert C.load_checkpoint(C.latest_checkpoint(tmp_path))["v"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000001.pt"]  # no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000001.pt", "ckpt_00000001.pt.sha256"]
 
 
 def test_failed_checkpoint_during_training_then_exact_resume(tmp_path, monkeypatch):
