@@ -1,6 +1,9 @@
 """Atomic file output: write to a temporary file in the target directory, then ``os.replace``.
 
-A run that fails or is killed mid-write leaves the previous file intact and no partial file.
+A run that fails or is killed mid-write leaves the previous file intact and no partial file. A
+write that fails (a full disk: ``OSError(ENOSPC)``) removes its temporary file and raises an
+``OSError`` with the same errno whose message and ``filename`` name the *target* path (not the
+temporary one), so the error says which output could not be written.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
-                                    dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
+                                        dir=target.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write {target} ({err.strerror or err})", str(target)) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -34,6 +40,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write {target} ({err.strerror or err}); the previous "
+                                 f"file, if any, is unchanged", str(target)) from err
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -108,3 +108,157 @@ def test_checksum_names_the_file_and_every_bad_one_is_reported(tmp_path, capsys)
 def test_training_needs_at_least_two_checkpoints_kept():
     with pytest.raises(ValueError, match=r"keep_checkpoints must be an integer >= 2, got 1"):
         _cfg(keep_checkpoints=1)
+
+
+# ----------------------------------------------------------------------------------------- full disk
+class FullDisk:
+    """Patch ``open`` so that writes to files under ``root`` fail with ENOSPC once ``budget`` bytes
+    are written in all (the write that crosses the budget writes its allowed part first: a partial
+    file, as on a real full disk). Files outside ``root`` are untouched."""
+
+    def __init__(self, monkeypatch, root: Path, budget: int) -> None:
+        import builtins
+
+        self.root, self.left, self.failures = str(root), budget, 0
+        real_open = builtins.open
+        disk = self
+
+        class Quota:
+            def __init__(self, fh) -> None:
+                self._fh = fh
+
+            def write(self, data):
+                if len(data) <= disk.left:
+                    disk.left -= len(data)
+                    return self._fh.write(data)
+                self._fh.write(data[: disk.left])
+                disk.left = 0
+                disk.failures += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._fh.close()
+
+            def __iter__(self):
+                return iter(self._fh)
+
+            def __getattr__(self, name):
+                return getattr(self._fh, name)
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            fh = real_open(file, mode, *args, **kwargs)
+            writing = any(c in mode for c in "wax+")
+            if writing and isinstance(file, (str, Path)) and str(file).startswith(disk.root):
+                return Quota(fh)
+            return fh
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+
+
+def _listing(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _half_then_enospc(monkeypatch) -> None:
+    """torch.save writes half of the real serialisation to the (temporary) file, then ENOSPC."""
+    import io as _io
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        buffer = _io.BytesIO()
+        real(obj, buffer, *args, **kwargs)
+        Path(f).write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch):
+    C.save_checkpoint({"v": 1}, tmp_path, 1)
+    before = _listing(tmp_path)
+    _half_then_enospc(monkeypatch)
+    for step in (2, 1):  # a new step, and overwriting the existing one
+        target = tmp_path / f"ckpt_{step:08d}.pt"
+        with pytest.raises(OSError, match=rf"could not write {target} \(No space left on device\)") as info:
+            C.save_checkpoint({"v": 2}, tmp_path, step)
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    monkeypatch.undo()
+    assert _listing(tmp_path) == before  # previous checkpoint intact, no temporary or checksum file
+    assert C.load_checkpoint(tmp_path / "ckpt_00000001.pt")["v"] == 1
+
+
+def test_full_disk_during_training_names_the_checkpoint(tmp_path, monkeypatch):
+    cfg = _cfg(steps=8, checkpoint_every=4, checkpoint_dir=tmp_path)
+    real = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real(obj, f, *args, **kwargs)
+            Path(f).write_bytes(Path(f).read_bytes()[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError, match=rf"could not write {tmp_path / 'ckpt_00000008.pt'}"):
+        train(_model(), ToyObjective(toy_data(), 16), cfg)
+    monkeypatch.undo()
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name != ".gftlib.lock")
+    assert names == ["ckpt_00000004.pt", "ckpt_00000004.pt.sha256"]
+    C.verify_checkpoint(tmp_path / "ckpt_00000004.pt")
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    return fig
+
+
+@pytest.mark.parametrize("budget", [0, 100], ids=["at-once", "mid-write"])
+def test_full_disk_while_saving_a_figure(tmp_path, monkeypatch, budget):
+    from gftlib.experiments.report import Report
+
+    monkeypatch.setenv("GFT_FIGURES_DIR", str(tmp_path))
+    report = Report("t0_demo", {"seed": 0})
+    fig = _figure()
+    report.savefig(fig, "plot")
+    before = _listing(tmp_path)
+    assert sorted(before) == ["t0_demo_plot.pdf", "t0_demo_plot.png"]
+    disk = FullDisk(monkeypatch, tmp_path, budget)
+    with pytest.raises(OSError, match=rf"could not write {tmp_path / 't0_demo_plot.png'}") as info:
+        report.savefig(_figure(), "plot")
+    assert info.value.errno == errno.ENOSPC and disk.failures == 1
+    monkeypatch.undo()
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("budget", [0, 50], ids=["at-once", "mid-write"])
+def test_full_disk_while_writing_the_results_json(tmp_path, monkeypatch, budget):
+    from gftlib.experiments.report import Report
+
+    monkeypatch.setenv("GFT_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("GFT_FIGURES_DIR", str(tmp_path / "fig"))
+    first = Report("t0_demo", {"seed": 0})
+    first.numbers["x"] = 1.0
+    first.finalize()
+    before = _listing(tmp_path)
+    second = Report("t0_demo", {"seed": 1})
+    second.numbers["x"] = 2.0
+    disk = FullDisk(monkeypatch, tmp_path, budget)
+    with pytest.raises(OSError, match=rf"could not write {tmp_path / 't0_demo.json'}") as info:
+        second.finalize()
+    assert info.value.errno == errno.ENOSPC and disk.failures == 1
+    monkeypatch.undo()
+    assert _listing(tmp_path) == before
