@@ -18,7 +18,10 @@ fingerprint of the result-relevant settings; resuming from it continues bit for 
 ``train`` resumes automatically from the newest *good* checkpoint in ``config.checkpoint_dir`` (a
 newer one that fails its checksum or does not load is reported with its path, renamed to
 ``<name>.corrupt`` and skipped: :func:`gftlib.checkpoint.latest_good_checkpoint`) and refuses one
-written with different result-relevant settings (steps, lr, seed, schedule, ...).
+written with different result-relevant settings (steps, lr, seed, schedule, ...). While it runs,
+``train`` holds ``checkpoint_dir`` (:mod:`gftlib.locking`; rank 0 holds it under DDP): a second run
+on the same directory is refused with :class:`gftlib.locking.DirectoryBusy`; the kernel frees the
+lock when a run dies, killed or not.
 
 Non-finite guard. A non-finite loss term or gradient norm stops training with
 :class:`NonFiniteLossError` (a ``FloatingPointError``) naming the step and the term. On the CPU the
@@ -47,7 +50,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,7 @@ from gftlib.checkpoint import (
     save_checkpoint,
 )
 from gftlib.fastpath import ChannelsLastInput
+from gftlib.locking import DirectoryBusy, DirectoryLock
 from gftlib.models import to_fast_layout
 from gftlib.preemption import ACCELERATOR_CHECK_EVERY, PreemptionWatch, TrainingPreempted, agree
 from gftlib.validation import (
@@ -377,7 +381,44 @@ def train(
     steps = config.steps
     betas = _beta_sequence(schedule, steps)
     fp = _fingerprint(config, world, betas, fingerprint)
+    with _hold_checkpoint_dir(config.checkpoint_dir, device):  # one run per checkpoint_dir
+        return _train(model, objective, config, evaluate, betas, fp, device)
 
+
+@contextlib.contextmanager
+def _hold_checkpoint_dir(directory: str | None, device: torch.device) -> Iterator[None]:
+    """Rank 0 holds ``directory``'s lock (gftlib.locking); every rank raises if it is busy."""
+    if directory is None:
+        yield
+        return
+    lock = DirectoryLock(directory, what="checkpoint_dir")
+    busy: DirectoryBusy | None = None
+    if D.get_rank() == 0:
+        try:
+            lock.acquire()
+        except DirectoryBusy as err:
+            busy = err
+    if D.get_world_size() > 1:
+        flag = torch.tensor([1.0 if busy is not None else 0.0], device=device)
+        D.all_reduce_(flag, "max")
+        if flag.item() > 0 and busy is None:
+            if lock.held:
+                lock.release()
+            busy = DirectoryBusy(Path(directory), "see rank 0's error", "checkpoint_dir")
+    if busy is not None:
+        raise busy
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(model: nn.Module, objective: Any, config: TrainConfig, evaluate: Any, betas: np.ndarray,
+           fp: dict[str, Any], device: torch.device) -> TrainResult:
+    """The loop of :func:`train`, after validation and with the checkpoint directory held."""
+    rank, world = D.get_rank(), D.get_world_size()
+    main = rank == 0
+    steps = config.steps
     module = model.to(device)
     if config.channels_last:
         to_fast_layout(module)  # before the EMA copy, the optimizer and DDP see the parameters

@@ -5,6 +5,10 @@ directory are refused (an OS lock the kernel releases when its holder dies)."""
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,11 +16,13 @@ import pytest
 import torch
 
 from gftlib import checkpoint as C
+from gftlib.locking import LOCK_NAME, DirectoryBusy, DirectoryLock
 from gftlib.train import TrainConfig, train
 
 from train_helpers import TinyMLP, ToyObjective, toy_data
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _model() -> TinyMLP:
@@ -262,3 +268,97 @@ def test_full_disk_while_writing_the_results_json(tmp_path, monkeypatch, budget)
     assert info.value.errno == errno.ENOSPC and disk.failures == 1
     monkeypatch.undo()
     assert _listing(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------- one run per dir
+def _holder(directory: Path) -> subprocess.Popen:
+    """A child that holds ``directory``'s lock and blocks on a stdin pipe we hold (never written)."""
+    code = ("import sys\nfrom gftlib.locking import DirectoryLock\n"
+            f"lock = DirectoryLock({str(directory)!r}).acquire()\n"
+            "print('HELD', flush=True)\nsys.stdin.read()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = child.stdout.readline()  # returns once the lock is held (or the child died: empty)
+    assert line.strip() == "HELD", child.stderr.read()
+    return child
+
+
+def _kill(child: subprocess.Popen) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdin.close()
+
+
+def test_second_training_run_on_a_held_directory_is_refused(tmp_path):
+    ck = tmp_path / "ck"
+    obj = ToyObjective(toy_data(), 16)
+    with DirectoryLock(ck):
+        with pytest.raises(DirectoryBusy, match=rf"checkpoint_dir '{ck}' is in use by another run "
+                                                rf"\(pid {os.getpid()}: .*\)"):
+            train(_model(), obj, _cfg(checkpoint_dir=ck))
+    assert obj.calls == 0 and C.list_checkpoints(ck) == []
+    res = train(_model(), obj, _cfg(checkpoint_dir=ck))  # released: runs
+    assert res.history[-1]["step"] == 12
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    ck = tmp_path / "ck"
+    child = _holder(ck)
+    try:
+        with pytest.raises(DirectoryBusy, match=rf"pid {child.pid}\b"):
+            train(_model(), ToyObjective(toy_data(), 16), _cfg(checkpoint_dir=ck))
+    finally:
+        _kill(child)  # SIGKILL: no cleanup code runs in the child; the kernel drops its flock
+    assert (ck / LOCK_NAME).exists()
+    res = train(_model(), ToyObjective(toy_data(), 16), _cfg(checkpoint_dir=ck))
+    assert res.history[-1]["step"] == 12
+
+
+def test_train_cli_is_refused_while_another_run_holds_the_directory(tmp_path):
+    ck = tmp_path / "ck"
+    child = _holder(ck)
+    try:
+        from gftlib.experiments import train_cli
+
+        args = ["--task", "2d", "--steps", "3", "--batch-size", "16", "--n-data", "64", "--hidden", "8",
+                "--device", "cpu", "--no-progress", "--checkpoint-dir", str(ck)]
+        done = subprocess.run([sys.executable, "-m", "gftlib.experiments.train_cli", *args],
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+        assert done.returncode == 1
+        assert f"REFUSED: checkpoint_dir '{ck}' is in use by another run (pid {child.pid}" in done.stderr
+        assert C.list_checkpoints(ck) == []
+    finally:
+        _kill(child)
+    assert train_cli.main(args) == 0 and [p.name for p in C.list_checkpoints(ck)] == ["ckpt_00000003.pt"]
+
+
+def test_second_run_notebooks_on_the_same_folders_is_refused(tmp_path, monkeypatch, capsys):
+    import types
+
+    from gftlib.experiments import run_notebooks as RN
+
+    executed: list[str] = []
+    fake = types.ModuleType("papermill")
+    fake.PapermillExecutionError = RuntimeError
+    fake.execute_notebook = lambda src, out, **kw: executed.append(Path(src).name)
+    monkeypatch.setitem(sys.modules, "papermill", fake)
+    nb = sorted((REPO / "notebooks").glob("*.ipynb"))[0]
+    folders = {"--build": tmp_path / "build", "--figures": tmp_path / "fig", "--results": tmp_path / "res"}
+    argv = [str(nb), "--profile", "smoke", "--device", "cpu",
+            *[x for flag, path in folders.items() for x in (flag, str(path))]]
+    for held in folders.values():
+        child = _holder(held)
+        try:
+            assert RN.main(argv) == 1
+            err = capsys.readouterr().err
+            assert f"REFUSED: output folder '{held}' is in use by another run (pid {child.pid}" in err
+            assert executed == []
+        finally:
+            _kill(child)
+    assert RN.main(argv) == 0 and executed == [nb.name]  # every holder was killed: no stale lock
+    monkeypatch.delenv("GFT_FIGURES_DIR", raising=False)
+    monkeypatch.delenv("GFT_RESULTS_DIR", raising=False)
+    assert RN.output_directories("b", None, None) == [Path("b"), REPO / "figures", REPO / "results"]
+    monkeypatch.setenv("GFT_RESULTS_DIR", str(tmp_path / "elsewhere"))
+    assert RN.output_directories("b", None, None)[2] == tmp_path / "elsewhere"

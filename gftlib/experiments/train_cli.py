@@ -9,7 +9,9 @@ Exit codes: 0 done; 75 (``EX_TEMPFAIL``, :data:`gftlib.preemption.EXIT_PREEMPTED
 SIGTERM or SIGUSR1 (what SLURM and most schedulers send before a time limit) made the run write a
 checkpoint after the update in progress and stop, without writing ``--out``; rerun the same command
 to resume bit-exactly. Under torchrun every rank exits 75 (torchrun itself then reports the failed
-ranks and their exit code 75 and exits 1). 2 bad arguments (argparse); 1 any other error.
+ranks and their exit code 75 and exits 1). 1: refused because another live run holds
+``--checkpoint-dir`` (message names the directory and the holder's pid), or any other error.
+2: bad arguments (argparse).
 
 Tasks: ``2d``: ``--n-data`` points of ``gftlib.data.make_2d(--dataset)`` (default "moons"), an
 ``MLPVelocity(2, --hidden, --depth)``. ``images``: ``gftlib.data.image_patches(--dataset)``
@@ -35,6 +37,7 @@ from torch import nn
 
 from gftlib import distributed as D
 from gftlib.io import atomic_torch_save, atomic_write_json
+from gftlib.locking import DirectoryBusy
 from gftlib.preemption import EXIT_PREEMPTED, TrainingPreempted
 from gftlib.schedules import SCHEDULES
 from gftlib.train import AMP_MODES, TrainConfig, train
@@ -166,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"preempted": stop.signal_name, "step": stop.step,
                                   "checkpoint": stop.checkpoint}), flush=True)
             return EXIT_PREEMPTED
+        except DirectoryBusy as busy:  # another run holds --checkpoint-dir
+            if ctx.is_main:
+                print(f"[train_cli] REFUSED: {busy}", file=sys.stderr, flush=True)
+            return 1
         if args.out is not None and (ctx.is_main or args.per_rank_out):
             out = Path(args.out)
             payload = {"format": WEIGHTS_FORMAT, "model": result.model.state_dict(),
