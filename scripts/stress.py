@@ -43,12 +43,6 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "tests/test_notebooks_smoke.py::test_network_is_blocked_in_subprocesses",
     "tests/test_bench_smoke.py",
 )
-    "tests/test_bad_inputs.py::test_unknown_notebook_parameter_fails_before_the_kernel_starts",
-    "tests/test_bad_inputs.py::test_cli_rejects_a_parameter_typo_for_a_real_notebook",
-    "tests/test_models.py::test_tiny_forward_backward_is_fast",
-    "tests/test_notebooks_smoke.py::test_network_is_blocked_in_subprocesses",
-    "tests/test_bench_smoke.py",
-)
 
 
 def _env() -> dict[str, str]:
