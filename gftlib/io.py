@@ -16,8 +16,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+__all__ = ["check_output_path", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "atomic_torch_save", "atomic_savefig"]
+
+
+def check_output_path(name: str, value: Any, *, directory: bool) -> Path:
+    """Check that ``value`` can become an output (a folder if ``directory``, else a file) before any
+    work starts: a non-empty path, not an existing entry of the other kind, and no existing file on
+    the way up. Raises ``ValueError`` naming ``name``, the value and what is allowed."""
+    kind = "a folder" if directory else "a file"
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ValueError(f"{name} must be a non-empty path ({kind}), got {value!r}")
+    path = Path(value)
+    if directory and path.exists() and not path.is_dir():
+        raise ValueError(f"{name} must be a folder (or a path where one can be created), got {str(path)!r}, "
+                         f"which is an existing file")
+    if not directory and path.is_dir():
+        raise ValueError(f"{name} must be a file path, got {str(path)!r}, which is an existing folder")
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{name} must be {kind} under a folder, got {str(path)!r}, but {str(parent)!r} "
+                             f"is an existing file")
+    return path
 
 
 @contextlib.contextmanager

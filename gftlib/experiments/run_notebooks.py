@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gftlib.experiments.profiles import PROFILES
-from gftlib.io import atomic_write_json
+from gftlib.io import atomic_write_json, check_output_path
 from gftlib.locking import DirectoryBusy, hold_directories
 from gftlib.validation import resolve_device
 
@@ -153,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve_device(args.device)
     except ValueError as err:
         parser.error(f"--device: {err}")
+    for flag in ("build", "figures", "results"):
+        if getattr(args, flag) is not None:
+            try:
+                check_output_path(f"--{flag}", getattr(args, flag), directory=True)
+            except ValueError as err:
+                parser.error(str(err))
     overrides = {name: _parse_value(value) for name, value in args.parameter}
     params = {"profile": args.profile, "device": args.device, **overrides}
     try:  # every notebook is checked before the first one runs

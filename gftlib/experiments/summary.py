@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from gftlib.io import atomic_write_text
+from gftlib.io import atomic_write_text, check_output_path
 
 __all__ = ["build_summary", "main"]
 
@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default="results")
     parser.add_argument("--out", default="results/summary.md")
     args = parser.parse_args(argv)
+    if not Path(args.results).is_dir():  # checked before anything is written
+        parser.error(f"--results must be an existing folder of results JSON files, got {args.results!r}")
+    try:
+        check_output_path("--out", args.out, directory=False)
+    except ValueError as err:
+        parser.error(str(err))
     atomic_write_text(args.out, build_summary(Path(args.results)))
     print(f"[summary] wrote {args.out}")
     return 0
