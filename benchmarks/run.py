@@ -654,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err) if str(err).startswith("--") else f"--device: {err}")
     if args.machine is not None and not re.search(r"[A-Za-z0-9]", args.machine):
-        parser.error(f"--machine must contain a letter or digit (it names the result files), got {args.machine!r}")
+        parser.error(f"--machine must contain a letter or digit (it names the result files), "
+                     f"got {args.machine!r}")
     run_benchmarks(args.device, quick=args.quick, out_dir=args.out_dir, machine=args.machine)
     return 0
 

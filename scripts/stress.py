@@ -9,7 +9,7 @@ one line per test (runs / passes, idle and loaded) and writes the counts as JSON
 1 if any run failed (the failing runs' output is kept under ``--log-dir``). Not part of CI.
 
     python scripts/stress.py --runs 30 --loaded-runs 10
-    python scripts/stress.py --runs 3 --loaded-runs 1 tests/test_fastpath.py::test_prefetch_records_the_wait_for_each_solve
+    python scripts/stress.py --runs 3 --loaded-runs 1 tests/test_fastpath.py::test_prefetch_solves_in_a_background_thread
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
     failed = [t for t, c in counts.items()
               if any(c.get(f"{p}_passes", 0) < c.get(f"{p}_runs", 0) for p in ("idle", "loaded"))]
-    print(f"[stress] {len(counts)} tests, {len(failed)} failed at least once" + (f": {failed}" if failed else ""))
+    shown = f": {failed}" if failed else ""
+    print(f"[stress] {len(counts)} tests, {len(failed)} failed at least once{shown}")
     return 1 if failed else 0
 
 

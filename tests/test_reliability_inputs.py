@@ -99,7 +99,8 @@ def _rejected(main, argv: list[str], case: Bad, capsys) -> str:
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    for what, pattern in (("argument", re.escape(case.flag)), ("value", case.value), ("allowed", case.allowed)):
+    checks = (("argument", re.escape(case.flag)), ("value", case.value), ("allowed", case.allowed))
+    for what, pattern in checks:
         assert re.search(pattern, err), f"message lacks the {what} ({pattern!r}): {err!r}"
     return err
 

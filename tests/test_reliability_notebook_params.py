@@ -2,8 +2,8 @@
 every parameter that a notebook's ``parameters`` cell declares, given a bad value, is rejected by
 the notebook's setup cell (the first code cell after the parameters, where the notebooks resolve
 and validate their knobs, before any data, model or training) with a message naming the parameter
-and the value and saying what is allowed. Unknown parameter *names* are refused by run_notebooks before a kernel starts
-(tests/test_bad_inputs.py).
+and the value and saying what is allowed. Unknown parameter *names* are refused by run_notebooks
+before a kernel starts (tests/test_bad_inputs.py).
 
 The setup cell runs in this process, on the smoke profile, in a sandbox (cwd, output folders,
 matplotlib settings and global RNG states restored afterwards). The bad value is the string

@@ -63,7 +63,8 @@ def test_signal_checkpoints_the_update_in_progress_and_resumes_exactly(tmp_path,
     ref = train(_model(), ToyObjective(data, 16), _cfg())
     cfg = _cfg(checkpoint_every=4, checkpoint_dir=tmp_path)
     before = {s: signal.getsignal(s) for s in PREEMPT_SIGNALS}
-    with pytest.raises(TrainingPreempted, match=rf"{sig.name} after step 7: checkpoint .*ckpt_00000007") as info:
+    expected = rf"{sig.name} after step 7: checkpoint .*ckpt_00000007"
+    with pytest.raises(TrainingPreempted, match=expected) as info:
         train(_model(), SignalAt(data, 16, at=7, sig=sig), cfg)
     assert {s: signal.getsignal(s) for s in PREEMPT_SIGNALS} == before  # handlers restored
     assert info.value.step == 7 and info.value.signal_name == sig.name
@@ -214,7 +215,8 @@ def test_torchrun_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path)
     ref_ck, ck = tmp_path / "ref_ck", tmp_path / "ck"
     ref = subprocess.Popen(_torchrun("-m", "gftlib.experiments.train_cli", *args, "--checkpoint-dir",
                                      str(ref_ck), "--out", str(tmp_path / "ref.pt")),
-                           env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
     resumable = [*args, "--checkpoint-dir", str(ck), "--out", str(tmp_path / "w.pt")]
     pipes = Pipes(tmp_path / "pipes", 2)
     victim = subprocess.Popen(_torchrun(str(TESTS / "preempt_cli.py"), str(stop_at), str(pipes.report),
