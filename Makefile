@@ -34,7 +34,7 @@ export OMP_NUM_THREADS
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: help setup figures test test-fast smoke bench lab nb2py py2nb sync docs site clean distclean
+.PHONY: help setup figures test test-fast stress smoke bench lab nb2py py2nb sync docs site clean distclean
 
 help: ## List the targets
 	@echo "gft-companion targets (PROFILE=$(PROFILE), DEVICE=$(DEVICE), TORCH_SPEC=$(TORCH_SPEC)):"
@@ -63,6 +63,12 @@ test: $(STAMP) ## Run the whole test suite (unit tests + smoke runs of every not
 
 test-fast: $(STAMP) ## Unit tests only (skips the notebook smoke runs and subprocess tests)
 	$(PY) -m pytest -q -m "not slow"
+
+STRESS_RUNS ?= 30
+STRESS_LOADED_RUNS ?= 10
+stress: $(STAMP) ## Not in CI: run each subprocess/signal/thread test STRESS_RUNS times, then STRESS_LOADED_RUNS times under full CPU load
+	$(PY) scripts/stress.py --runs $(STRESS_RUNS) --loaded-runs $(STRESS_LOADED_RUNS) --out $(BUILD)/stress.json \
+	    --log-dir $(BUILD)/stress-logs
 
 smoke: $(STAMP) ## Run every notebook on the tiny smoke profile into $(BUILD)/smoke
 	$(PY) -m gftlib.experiments.run_notebooks --profile smoke --device cpu --build $(BUILD)/smoke \

@@ -652,6 +652,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="where results-<machine>.json/.md go (default: the benchmarks directory)")
     parser.add_argument("--machine", default=None, help="override the machine slug used in the file names")
     args = parser.parse_args(argv)
+    from gftlib.io import check_output_path  # bad values are rejected before any benchmark runs
+
+    try:
+        resolve_device(args.device)
+        check_output_path("--out-dir", args.out_dir, directory=True)
+    except ValueError as err:
+        parser.error(str(err) if str(err).startswith("--") else f"--device: {err}")
+    if args.machine is not None and not re.search(r"[A-Za-z0-9]", args.machine):
+        parser.error(f"--machine must contain a letter or digit (it names the result files), "
+                     f"got {args.machine!r}")
     run_benchmarks(args.device, quick=args.quick, out_dir=args.out_dir, machine=args.machine)
     return 0
 

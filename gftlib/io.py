@@ -1,6 +1,9 @@
 """Atomic file output: write to a temporary file in the target directory, then ``os.replace``.
 
-A run that fails or is killed mid-write leaves the previous file intact and no partial file.
+A run that fails or is killed mid-write leaves the previous file intact and no partial file. A
+write that fails (a full disk: ``OSError(ENOSPC)``) removes its temporary file and raises an
+``OSError`` with the same errno whose message and ``filename`` name the *target* path (not the
+temporary one), so the error says which output could not be written.
 """
 
 from __future__ import annotations
@@ -13,8 +16,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+__all__ = ["check_output_path", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "atomic_torch_save", "atomic_savefig"]
+
+
+def check_output_path(name: str, value: Any, *, directory: bool) -> Path:
+    """Check that ``value`` can become an output (a folder if ``directory``, else a file) before any
+    work starts: a non-empty path, not an existing entry of the other kind, and no existing file on
+    the way up. Raises ``ValueError`` naming ``name``, the value and what is allowed."""
+    kind = "a folder" if directory else "a file"
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ValueError(f"{name} must be a non-empty path ({kind}), got {value!r}")
+    path = Path(value)
+    if directory and path.exists() and not path.is_dir():
+        raise ValueError(f"{name} must be a folder (or a path where one can be created), got {str(path)!r}, "
+                         f"which is an existing file")
+    if not directory and path.is_dir():
+        raise ValueError(f"{name} must be a file path, got {str(path)!r}, which is an existing folder")
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{name} must be {kind} under a folder, got {str(path)!r}, but {str(parent)!r} "
+                             f"is an existing file")
+    return path
 
 
 @contextlib.contextmanager
@@ -22,8 +45,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
-                                    dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
+                                        dir=target.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write {target} ({err.strerror or err})", str(target)) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -34,6 +60,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write {target} ({err.strerror or err}); the previous "
+                                 f"file, if any, is unchanged", str(target)) from err
     finally:
         if tmp.exists():
             tmp.unlink()

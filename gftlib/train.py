@@ -15,14 +15,25 @@ RNGs (dropout) are seeded with ``config.seed + rank`` at a fresh start (a docume
 A checkpoint holds everything that influences later steps: model, EMA, optimizer, step, beta, the
 trainer's generator, every rank's global RNG states and objective state, the history so far and a
 fingerprint of the result-relevant settings; resuming from it continues bit for bit on the CPU.
-``train`` resumes automatically from the newest checkpoint in ``config.checkpoint_dir`` and
-refuses one written with different result-relevant settings (steps, lr, seed, schedule, ...).
+``train`` resumes automatically from the newest *good* checkpoint in ``config.checkpoint_dir`` (a
+newer one that fails its checksum or does not load is reported with its path, renamed to
+``<name>.corrupt`` and skipped: :func:`gftlib.checkpoint.latest_good_checkpoint`) and refuses one
+written with different result-relevant settings (steps, lr, seed, schedule, ...). While it runs,
+``train`` holds ``checkpoint_dir`` (:mod:`gftlib.locking`; rank 0 holds it under DDP): a second run
+on the same directory is refused with :class:`gftlib.locking.DirectoryBusy`; the kernel frees the
+lock when a run dies, killed or not.
 
 Non-finite guard. A non-finite loss term or gradient norm stops training with
 :class:`NonFiniteLossError` (a ``FloatingPointError``) naming the step and the term. On the CPU the
 check runs every step (before the optimizer update); on a GPU a device-side record of the first bad
 step is checked at each log / evaluation / checkpoint boundary (no per-step host sync), and no
 checkpoint is ever written after a bad step, so the last good checkpoint is kept.
+
+Preemption. SIGTERM or SIGUSR1 during training (handlers installed in the main thread only, the
+previous ones restored when ``train`` returns) finishes the update in progress, writes its checkpoint
+(to ``checkpoint_dir``, if any) and raises :class:`gftlib.preemption.TrainingPreempted`; calling
+``train`` again with the same arguments resumes bit for bit. Under DDP the ranks agree on the stop
+flag through a collective, so all stop after the same update (details: :mod:`gftlib.preemption`).
 
 Distributed. Under ``torchrun`` (process group initialised, e.g. by
 :func:`gftlib.distributed.init_from_env`) the model is wrapped in DDP (gradients averaged over
@@ -39,7 +50,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +61,15 @@ from torch import Tensor, nn
 
 from gftlib import distributed as D
 from gftlib.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    latest_good_checkpoint,
+    quarantine,
     remove_stale_temporary_files,
     save_checkpoint,
 )
 from gftlib.fastpath import ChannelsLastInput
+from gftlib.locking import DirectoryBusy, DirectoryLock
 from gftlib.models import to_fast_layout
+from gftlib.preemption import ACCELERATOR_CHECK_EVERY, PreemptionWatch, TrainingPreempted, agree
 from gftlib.validation import (
     check_bool,
     check_choice,
@@ -65,7 +78,8 @@ from gftlib.validation import (
     resolve_device,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train", "AMP_MODES", "RESULT_FIELDS"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "TrainingPreempted", "train", "AMP_MODES",
+           "RESULT_FIELDS"]
 
 AMP_MODES: tuple[str, ...] = ("none", "bf16")
 
@@ -91,7 +105,7 @@ class TrainConfig:
     decay ``ema_decay`` (with ``ema_warmup`` the decay at step k is min(ema_decay, (1 + k)/(10 + k)),
     so short runs are not dominated by the initial weights). History every ``log_every`` steps,
     ``evaluate`` every ``eval_every`` steps (and at the end), checkpoints every ``checkpoint_every``
-    steps (and at the end) into ``checkpoint_dir`` keeping the newest ``keep_checkpoints``.
+    steps (and at the end) into ``checkpoint_dir`` keeping the newest ``keep_checkpoints`` (>= 2).
     ``device``: "auto" | "cpu" | "cuda" | "cuda:N". ``amp``: "none" | "bf16" (forward under bf16
     autocast; loss, gradients, optimizer state and EMA in fp32). ``compile``: torch.compile the model.
     ``channels_last``: convert the model's 4-D weights to channels_last
@@ -147,7 +161,8 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} needs checkpoint_dir (where to write), got None"
             )
-        put("keep_checkpoints", check_positive_int("keep_checkpoints", self.keep_checkpoints))
+        # >= 2: a corrupt newest checkpoint must leave a previous good one to fall back to
+        put("keep_checkpoints", check_positive_int("keep_checkpoints", self.keep_checkpoints, minimum=2))
         put("seed", check_positive_int("seed", self.seed, minimum=0))
         resolve_device(self.device)
         put("device", str(self.device))
@@ -366,7 +381,44 @@ def train(
     steps = config.steps
     betas = _beta_sequence(schedule, steps)
     fp = _fingerprint(config, world, betas, fingerprint)
+    with _hold_checkpoint_dir(config.checkpoint_dir, device):  # one run per checkpoint_dir
+        return _train(model, objective, config, evaluate, betas, fp, device)
 
+
+@contextlib.contextmanager
+def _hold_checkpoint_dir(directory: str | None, device: torch.device) -> Iterator[None]:
+    """Rank 0 holds ``directory``'s lock (gftlib.locking); every rank raises if it is busy."""
+    if directory is None:
+        yield
+        return
+    lock = DirectoryLock(directory, what="checkpoint_dir")
+    busy: DirectoryBusy | None = None
+    if D.get_rank() == 0:
+        try:
+            lock.acquire()
+        except DirectoryBusy as err:
+            busy = err
+    if D.get_world_size() > 1:
+        flag = torch.tensor([1.0 if busy is not None else 0.0], device=device)
+        D.all_reduce_(flag, "max")
+        if flag.item() > 0 and busy is None:
+            if lock.held:
+                lock.release()
+            busy = DirectoryBusy(Path(directory), "see rank 0's error", "checkpoint_dir")
+    if busy is not None:
+        raise busy
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(model: nn.Module, objective: Any, config: TrainConfig, evaluate: Any, betas: np.ndarray,
+           fp: dict[str, Any], device: torch.device) -> TrainResult:
+    """The loop of :func:`train`, after validation and with the checkpoint directory held."""
+    rank, world = D.get_rank(), D.get_world_size()
+    main = rank == 0
+    steps = config.steps
     module = model.to(device)
     if config.channels_last:
         to_fast_layout(module)  # before the EMA copy, the optimizer and DDP see the parameters
@@ -389,9 +441,8 @@ def train(
     if ckpt_dir is not None:
         if main:
             remove_stale_temporary_files(ckpt_dir)  # left by a run killed mid-write
-        found = latest_checkpoint(ckpt_dir)
+        found, state, corrupt = latest_good_checkpoint(ckpt_dir, report=main)  # skips corrupt ones
         if found is not None:
-            state = load_checkpoint(found, map_location="cpu")
             _check_fingerprint(state["fingerprint"], fp, found)
             module.load_state_dict(state["model"])
             ema.model.load_state_dict(state["ema"])
@@ -407,6 +458,9 @@ def train(
             saved_acc, count = state["log_acc"][rank]
             resumed_from, last_ckpt = start, str(found)
         D.barrier()  # nobody prunes the file before every rank has read it
+        if main:
+            for bad in corrupt:
+                quarantine(bad)  # <name>.corrupt: kept for inspection, out of the rotation
 
     net: nn.Module = D.wrap_model(module, device)
     if config.channels_last:
@@ -454,96 +508,107 @@ def train(
 
         pbar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True, leave=False)
 
-    for k in range(start + 1, steps + 1):
-        beta = float(betas[k - 1])
-        lr_k = config.lr * min(1.0, k / config.warmup_steps) if config.warmup_steps else config.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr_k
-        optimizer.zero_grad(set_to_none=True)
-        with amp:
-            terms = objective.loss(net, beta, generator)
-        total = _as_scalar("total", terms.total, device).float()
-        if k == start + 1 and not total.requires_grad:
-            raise ValueError(
-                "LossTerms.total does not require grad: the objective must compute it from the model"
-            )
-        target = _as_scalar("target", getattr(terms, "target", total), device).detach().float()
-        pre = _as_scalar("pretrained", getattr(terms, "pretrained", 0.0), device).detach().float()
-        total.backward()
-        gnorm = _grad_norm(params, config.grad_clip).detach().float()
-        vals = torch.stack([total.detach(), target, pre, gnorm])
-        nonfinite = ~torch.isfinite(vals)
-        if per_step_check:
-            any_bad = nonfinite.any().float()
-            if world > 1:  # every rank must take the same branch (collectives follow)
-                D.all_reduce_(any_bad, "max")
-            if bool(any_bad):
-                bad_step.fill_(k)
-                bad_flags.copy_(nonfinite)
-                bad_vals.copy_(vals)
-                raise_if_bad()
-        else:
-            new = nonfinite.any() & (bad_step == 0)
-            bad_step = torch.where(new, torch.full_like(bad_step, k), bad_step)
-            bad_flags = torch.where(new, nonfinite, bad_flags)
-            bad_vals = torch.where(new, vals, bad_vals)
-        optimizer.step()
-        decay = min(config.ema_decay, (1 + k) / (10 + k)) if config.ema_warmup else config.ema_decay
-        ema.update(decay)
-        acc += vals
-        count += 1
-        if pbar is not None:
-            pbar.update(1)
-
-        is_log = k % config.log_every == 0 or k == steps
-        is_eval = evaluate is not None and (k == steps or (config.eval_every is not None
-                                                            and k % config.eval_every == 0))
-        is_ckpt = ckpt_dir is not None and (k == steps or (config.checkpoint_every is not None
-                                                            and k % config.checkpoint_every == 0))
-        if not (is_log or is_eval or is_ckpt):
-            continue
-        if not per_step_check:
-            raise_if_bad()
-        if is_log:
-            D.all_reduce_(acc, "sum")
-            means = (acc / (count * world)).tolist()
-            entry = {"step": k, "beta": beta,
-                     **dict(zip(("total", "target", "pretrained", "grad_norm"), means)), "lr": lr_k}
-            history.append(entry)
-            acc.zero_()
-            count = 0
+    with PreemptionWatch() as watch:  # SIGTERM/SIGUSR1: checkpoint at the next boundary, stop
+        for k in range(start + 1, steps + 1):
+            beta = float(betas[k - 1])
+            lr_k = config.lr * min(1.0, k / config.warmup_steps) if config.warmup_steps else config.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr_k
+            optimizer.zero_grad(set_to_none=True)
+            with amp:
+                terms = objective.loss(net, beta, generator)
+            total = _as_scalar("total", terms.total, device).float()
+            if k == start + 1 and not total.requires_grad:
+                raise ValueError(
+                    "LossTerms.total does not require grad: the objective must compute it from the model"
+                )
+            target = _as_scalar("target", getattr(terms, "target", total), device).detach().float()
+            pre = _as_scalar("pretrained", getattr(terms, "pretrained", 0.0), device).detach().float()
+            total.backward()
+            gnorm = _grad_norm(params, config.grad_clip).detach().float()
+            vals = torch.stack([total.detach(), target, pre, gnorm])
+            nonfinite = ~torch.isfinite(vals)
+            if per_step_check:
+                any_bad = nonfinite.any().float()
+                if world > 1:  # every rank must take the same branch (collectives follow)
+                    D.all_reduce_(any_bad, "max")
+                if bool(any_bad):
+                    bad_step.fill_(k)
+                    bad_flags.copy_(nonfinite)
+                    bad_vals.copy_(vals)
+                    raise_if_bad()
+            else:
+                new = nonfinite.any() & (bad_step == 0)
+                bad_step = torch.where(new, torch.full_like(bad_step, k), bad_step)
+                bad_flags = torch.where(new, nonfinite, bad_flags)
+                bad_vals = torch.where(new, vals, bad_vals)
+            optimizer.step()
+            decay = min(config.ema_decay, (1 + k) / (10 + k)) if config.ema_warmup else config.ema_decay
+            ema.update(decay)
+            acc += vals
+            count += 1
             if pbar is not None:
-                pbar.set_postfix(loss=f"{entry['total']:.4g}", beta=f"{beta:.3g}", refresh=False)
-        if is_eval and main:
-            metrics = evaluate(ema.model, k)
-            if not isinstance(metrics, Mapping):
-                raise TypeError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
-            metrics = {str(key): _plain(v) for key, v in metrics.items()}
-            if history and history[-1]["step"] == k:
-                history[-1].update(metrics)
-            else:
-                history.append({"step": k, "beta": beta, **metrics})
-        if is_ckpt:
-            ranks = D.all_gather_objects({"rng": _global_rng_state(), "objective": objective.state_dict(),
-                                          "log_acc": acc.tolist(), "log_count": count})
-            if main:
-                state = {
-                    "beta": beta,
-                    "model": module.state_dict(),
-                    "ema": ema.model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "rng": [r["rng"] for r in ranks],
-                    "objective": [r["objective"] for r in ranks],
-                    "log_acc": [(r["log_acc"], r["log_count"]) for r in ranks],  # open log interval
-                    "history": history,
-                    "config": asdict(config),
-                    "fingerprint": fp,
-                    "world_size": world,
-                }
-                last_ckpt = str(save_checkpoint(state, ckpt_dir, k, keep=config.keep_checkpoints))
-            else:
-                last_ckpt = str(ckpt_dir / f"ckpt_{k:08d}.pt")
+                pbar.update(1)
+
+            is_log = k % config.log_every == 0 or k == steps
+            is_eval = evaluate is not None and (k == steps or (config.eval_every is not None
+                                                                and k % config.eval_every == 0))
+            is_ckpt = ckpt_dir is not None and (k == steps or (config.checkpoint_every is not None
+                                                                and k % config.checkpoint_every == 0))
+            stop, signal_name = False, ""
+            if k < steps and (world == 1 or device.type == "cpu" or k % ACCELERATOR_CHECK_EVERY == 0
+                              or is_log or is_eval or is_ckpt):  # the same k on every rank
+                stop, signal_name = agree(watch, device)
+                is_ckpt = is_ckpt or (stop and ckpt_dir is not None)
+            if not (is_log or is_eval or is_ckpt or stop):
+                continue
+            if not per_step_check:
+                raise_if_bad()
+            if is_log:
+                D.all_reduce_(acc, "sum")
+                means = (acc / (count * world)).tolist()
+                entry = {"step": k, "beta": beta,
+                         **dict(zip(("total", "target", "pretrained", "grad_norm"), means)), "lr": lr_k}
+                history.append(entry)
+                acc.zero_()
+                count = 0
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{entry['total']:.4g}", beta=f"{beta:.3g}", refresh=False)
+            if is_eval and main:
+                metrics = evaluate(ema.model, k)
+                if not isinstance(metrics, Mapping):
+                    raise TypeError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
+                metrics = {str(key): _plain(v) for key, v in metrics.items()}
+                if history and history[-1]["step"] == k:
+                    history[-1].update(metrics)
+                else:
+                    history.append({"step": k, "beta": beta, **metrics})
+            if is_ckpt:
+                ranks = D.all_gather_objects({"rng": _global_rng_state(), "objective": objective.state_dict(),
+                                              "log_acc": acc.tolist(), "log_count": count})
+                if main:
+                    state = {
+                        "beta": beta,
+                        "model": module.state_dict(),
+                        "ema": ema.model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "rng": [r["rng"] for r in ranks],
+                        "objective": [r["objective"] for r in ranks],
+                        "log_acc": [(r["log_acc"], r["log_count"]) for r in ranks],  # open log interval
+                        "history": history,
+                        "config": asdict(config),
+                        "fingerprint": fp,
+                        "world_size": world,
+                    }
+                    last_ckpt = str(save_checkpoint(state, ckpt_dir, k, keep=config.keep_checkpoints))
+                else:
+                    last_ckpt = str(ckpt_dir / f"ckpt_{k:08d}.pt")
+            if stop:
+                D.barrier()  # rank 0 has written the checkpoint before any rank exits
+                if pbar is not None:
+                    pbar.close()
+                raise TrainingPreempted(k, signal_name, last_ckpt if ckpt_dir is not None else None)
     if pbar is not None:
         pbar.close()
     if not per_step_check:

@@ -7,6 +7,9 @@ Known gaps are kept visible as ``xfail(strict=True)`` entries whose reason state
 behaviour and the message asked for; once a gap is fixed the entry XPASSes, the suite fails, and
 the mark must be removed (turning it into an ordinary catalogue entry).
 
+Command-line arguments (train_cli, run_notebooks, summary, benchmarks/run.py) have their own
+catalogue, with a completeness check, in tests/test_reliability_inputs.py.
+
 Separate tests check "before any work starts" where it matters: ``train`` with a bad schedule or a
 mismatched checkpoint writes nothing and leaves the model and the objective untouched, and the
 papermill runner refuses an unknown parameter without starting a kernel.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,11 +141,14 @@ def _one_visible_gpu(env: SimpleNamespace) -> None:
 
 
 def _cli_missing_pretrained(env: SimpleNamespace) -> None:
-    from gftlib.experiments.train_cli import main
+    from gftlib.experiments.train_cli import build_parser, check_args
 
-    main(["--task", "2d", "--method", "ft", "--steps", "2", "--n-data", "16", "--batch-size", "4",
-          "--hidden", "8", "--depth", "1", "--device", "cpu", "--no-progress",
-          "--pretrained", str(env.tmp / "missing_weights.pt")])
+    # what main() runs right after parsing (it turns the error into argparse's exit 2; the rest of the
+    # command line is covered argument by argument in tests/test_reliability_inputs.py)
+    args = build_parser().parse_args(["--task", "2d", "--method", "ft", "--steps", "2", "--n-data", "16",
+                                      "--batch-size", "4", "--device", "cpu", "--dataset", "moons",
+                                      "--pretrained", str(env.tmp / "missing_weights.pt")])
+    check_args(args)
 
 
 def _corrupt_checkpoint(env: SimpleNamespace) -> None:
@@ -414,7 +419,7 @@ CASES: list[Case] = [
        ValueError, r"\bdevice\b", r"'cuda:3'", r"\b1\b.*(GPU|device)"),
     # --- command line
     _c("train_cli: missing --pretrained file", _cli_missing_pretrained,
-       FileNotFoundError, r"--pretrained|pretrained", r"missing_weights\.pt", r"--out|gftlib-weights-v1"),
+       ValueError, r"--pretrained", r"missing_weights\.pt", r"--out|gftlib-weights-v1"),
 ]
 
 
@@ -494,7 +499,7 @@ def test_train_at_beta_above_zero_without_pretrained_term_changes_nothing(tmp_pa
         train(model, objective, _train_cfg(checkpoint_dir=str(ckpt)),
               schedule=make_schedule("constant", 1.0, 2))
     assert _same(model, snap)
-    assert not ckpt.exists() or not any(ckpt.iterdir())
+    assert not ckpt.exists() or [p.name for p in ckpt.iterdir()] == [".gftlib.lock"]  # no checkpoint
     # the data order did not advance: the beta check comes before any draw
     assert objective.sampler.state_dict()["pos"] == sampler_state["pos"]
     assert torch.equal(objective.sampler.state_dict()["perm"], sampler_state["perm"])
@@ -510,11 +515,9 @@ def no_kernel(monkeypatch) -> list[str]:
 
 def test_unknown_notebook_parameter_fails_before_the_kernel_starts(tmp_path, no_kernel) -> None:
     nb = _notebook(tmp_path / "a.ipynb")
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"a\.ipynb: unknown parameter\(s\) \['sede'\]; the parameters cell "
                                          r"declares \['device', 'n', 'profile', 'seed'\]"):
         RN.run_notebook(nb, parameters={"sede": 1, "seed": 2}, build_dir=tmp_path / "build")
-    assert time.perf_counter() - start < 2.0
     assert no_kernel == []
     assert not (tmp_path / "build").exists()
 
@@ -527,10 +530,8 @@ def test_cli_rejects_a_parameter_typo_for_a_real_notebook(tmp_path, no_kernel, c
     declared = RN.declared_parameters(nb)
     knob = sorted(set(declared) - {"seed", "profile", "device"} or declared)[0]
     typo = knob[:-1] if knob[:-1] not in declared else knob + "_"  # e.g. n_paths -> n_path
-    start = time.perf_counter()
     rc = RN.main([str(nb), "--profile", "smoke", "--device", "cpu", "--build", str(tmp_path / "build"),
                   "-p", typo, "100"])
-    assert time.perf_counter() - start < 2.0
     assert rc == 1
     err = capsys.readouterr().err
     assert f"unknown parameter(s) [{typo!r}]" in err and repr(knob) in err

@@ -312,22 +312,51 @@ def test_prefetch_solves_in_a_background_thread(monkeypatch):
 
 
 def test_prefetch_records_the_wait_for_each_solve(monkeypatch):
-    # a solve that takes 0.3 s and is asked for at once leaves most of those 0.3 s on the critical path
-    import time as _time
+    """The recorded wait is the time the caller spends in the background job's result().
+
+    No wall clock: prefetch's clock is a fake one. Reading the start of a wait (the caller is about
+    to block on the job) releases the background solve, which "takes" SOLVE seconds of fake time
+    and returns; so the solve cannot finish before the caller waits, and each wait is exactly SOLVE.
+    """
+    import threading
 
     import gftlib.prefetch as P
 
+    SOLVE = 0.25
     real = P.ot_permutation
+    released = threading.Semaphore(0)
 
-    def slow(x0, x1):
-        _time.sleep(0.3)
+    class FakeTime:
+        def __init__(self) -> None:
+            self.now, self.reads, self.lock = 100.0, 0, threading.Lock()
+
+        def perf_counter(self) -> float:
+            with self.lock:
+                self.reads += 1
+                now, starting = self.now, self.reads % 2 == 1
+            if starting:  # the caller reads the clock, then blocks on job.result()
+                released.release()
+            return now
+
+        def advance(self, seconds: float) -> None:
+            with self.lock:
+                self.now += seconds
+
+    clock = FakeTime()
+
+    def blocked_solve(x0, x1):
+        # a safety limit only for a broken prefetcher (a hang would otherwise stall the suite)
+        assert released.acquire(timeout=120), "the caller never waited for this solve"
+        clock.advance(SOLVE)
         return real(x0, x1)
 
-    monkeypatch.setattr(P, "ot_permutation", slow)
+    monkeypatch.setattr(P, "time", clock)
+    monkeypatch.setattr(P, "ot_permutation", blocked_solve)
     with PrefetchingObjective(FlowMatchingObjective(data2d(), batch_size=8, coupling="ot")) as obj:
         _batches(obj, 0.0, 3)
         assert len(obj.wait_seconds) == obj.background_solves == 2
-        assert all(w >= 0.1 for w in obj.wait_seconds)
+        assert obj.wait_seconds == [SOLVE, SOLVE]
+        released.release()  # let the solve prefetched after the third call finish before closing
 
 
 @pytest.mark.parametrize("method", ["ft-ot", "gft-coupling"])

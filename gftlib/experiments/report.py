@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,19 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+#: CPU flags that decide which vector kernels torch / numpy use (so which rounding a result gets).
+_VECTOR_FLAGS = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx_vnni|avx512\w*|amx\w*)$")
+
+
 def environment_info(device: torch.device | str | None = None) -> dict[str, Any]:
-    """Library versions and the compute device the numbers came from."""
+    """Library versions, the compute device the numbers came from, and the CPU that ran them.
+
+    ``cpu``: ``model`` (/proc/cpuinfo "model name"), ``vector_isa`` (its flags among SSE4.2, AVX,
+    AVX2, FMA, F16C, AVX-VNNI, AVX-512*, AMX*, sorted), ``torch_capability`` (the kernel set torch
+    dispatches to, :func:`torch.backends.cpu.get_cpu_capability`, e.g. "AVX2") and ``threads``
+    (torch's intra-op threads). All fixed for one machine and setting, so the same run on the same
+    machine still writes a byte-identical file; a CPU with another vector ISA may round differently.
+    """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
@@ -75,7 +87,21 @@ def environment_info(device: torch.device | str | None = None) -> dict[str, Any]
         "numpy": np.__version__,
         "device": str(dev),
         "device_name": name,
+        "cpu": {"model": _cpu_model(), "vector_isa": _vector_isa(),
+                "torch_capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads()},
     }
+
+
+def _vector_isa() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return sorted({f for f in line.split(":", 1)[1].split() if _VECTOR_FLAGS.match(f)})
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_model() -> str:

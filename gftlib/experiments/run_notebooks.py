@@ -4,7 +4,9 @@ Each notebook runs with the given ``profile`` and ``device`` (and any ``-p name 
 into ``<build>/notebooks/<stem>.ipynb``; the source under ``notebooks/`` stays free of outputs.
 Parameters that the notebook's ``parameters`` cell does not declare are rejected before anything
 runs. The first failing notebook stops the run with its name and the failing cell; its executed
-copy is kept for inspection.
+copy is kept for inspection. While it runs, the command holds its build, figures and results folders
+(:mod:`gftlib.locking`): a second run on any of them is refused at once (exit code 1, naming the
+folder and the holder's pid); a killed run leaves no stale lock.
 
     python -m gftlib.experiments.run_notebooks --profile quick notebooks/t1_girsanov.ipynb
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import sys
@@ -23,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from gftlib.experiments.profiles import PROFILES
-from gftlib.io import atomic_write_json
+from gftlib.io import atomic_write_json, check_output_path
+from gftlib.locking import DirectoryBusy, hold_directories
 from gftlib.validation import resolve_device
 
-__all__ = ["NotebookFailed", "check_parameters", "declared_parameters", "run_notebook", "main"]
+__all__ = ["NotebookFailed", "check_parameters", "declared_parameters", "run_notebook", "output_directories",
+           "main"]
 
 
 class NotebookFailed(RuntimeError):
@@ -158,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve_device(args.device)
     except ValueError as err:
         parser.error(f"--device: {err}")
+    for flag in ("build", "figures", "results"):
+        if getattr(args, flag) is not None:
+            try:
+                check_output_path(f"--{flag}", getattr(args, flag), directory=True)
+            except ValueError as err:
+                parser.error(str(err))
     overrides = {name: _parse_value(value) for name, value in args.parameter}
     params = {"profile": args.profile, "device": args.device, **overrides}
     try:  # every notebook is checked before the first one runs
@@ -166,6 +177,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"[run_notebooks] FAILED: {err}", file=sys.stderr, flush=True)
         return 1
+    with contextlib.ExitStack() as stack:
+        try:  # one run per output folder (a second `make figures` on the same folders is refused)
+            stack.enter_context(hold_directories(output_directories(args.build, args.figures, args.results),
+                                                 what="output folder"))
+        except DirectoryBusy as err:
+            print(f"[run_notebooks] REFUSED: {err}", file=sys.stderr, flush=True)
+            return 1
+        return _run_all(args, params)
+
+
+def output_directories(build: str | os.PathLike[str], figures: str | os.PathLike[str] | None,
+                       results: str | os.PathLike[str] | None) -> list[Path]:
+    """The folders a run writes: build, and the figures/results folders the notebooks will use
+    (the given ones, else ``GFT_FIGURES_DIR`` / ``GFT_RESULTS_DIR``, else the repository's)."""
+    root = Path(__file__).resolve().parents[2]
+    fig = figures or os.environ.get("GFT_FIGURES_DIR") or root / "figures"
+    res = results or os.environ.get("GFT_RESULTS_DIR") or root / "results"
+    return [Path(build), Path(fig), Path(res)]
+
+
+def _run_all(args: argparse.Namespace, params: dict[str, Any]) -> int:
     timings: dict[str, float] = {}
     for nb in args.notebooks:
         start = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gftlib.experiments.claims import apply_holm, compare_claim, fmt_p
-from gftlib.io import atomic_write_text
+from gftlib.io import atomic_write_text, check_output_path
 
 __all__ = ["collect_rows", "build_summary", "headline_table", "attribution_text", "update_readme", "main",
            "README_START", "README_END", "ALPHA"]
@@ -180,6 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="results/summary.md")
     parser.add_argument("--readme", default=None, help="README whose headline block to rewrite")
     args = parser.parse_args(argv)
+    if not Path(args.results).is_dir():  # checked before anything is written
+        parser.error(f"--results must be an existing folder of results JSON files, got {args.results!r}")
+    try:
+        check_output_path("--out", args.out, directory=False)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.readme is not None and not Path(args.readme).is_file():
+        parser.error(f"--readme must be an existing README file, got {args.readme!r}")
     atomic_write_text(args.out, build_summary(Path(args.results)))
     print(f"[summary] wrote {args.out}")
     if args.readme:

@@ -9,6 +9,15 @@ batch size is the global batch). Re-running the same command with the same ``--c
 resumes exactly where a killed run stopped; a finished run is not repeated (its final checkpoint
 is loaded and ``--out`` rewritten). A different command on the same directory is refused.
 
+Exit codes: 0 done; 75 (``EX_TEMPFAIL``, :data:`gftlib.preemption.EXIT_PREEMPTED`) preempted:
+SIGTERM or SIGUSR1 (what SLURM and most schedulers send before a time limit) made the run write a
+checkpoint after the update in progress and stop, without writing ``--out``; rerun the same command
+to resume bit-exactly. Under torchrun every rank exits 75 (torchrun itself then reports the failed
+ranks and their exit code 75 and exits 1). 1: refused because another live run holds
+``--checkpoint-dir`` (message names the directory and the holder's pid), or any other error.
+2: bad arguments, each rejected before any work starts with a message naming the flag, the value and
+what is allowed (:func:`check_args`).
+
 Tasks: ``2d``: ``--n-data`` points of ``gftlib.data.make_2d(--dataset)`` (default "moons"), an
 ``MLPVelocity(2, --hidden, --depth)``. ``images``: ``gftlib.data.image_patches(--dataset)``
 (default "natural", train split) at the tiny UNet's 16 x 16 resolution, ``unet_config('tiny')``.
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,10 +43,12 @@ from torch import nn
 
 from gftlib import distributed as D
 from gftlib.io import atomic_torch_save, atomic_write_json
+from gftlib.locking import DirectoryBusy
+from gftlib.preemption import EXIT_PREEMPTED, TrainingPreempted
 from gftlib.schedules import SCHEDULES
 from gftlib.train import AMP_MODES, TrainConfig, train
 
-__all__ = ["build_parser", "main", "load_weights", "TASKS"]
+__all__ = ["build_parser", "check_args", "main", "load_weights", "TASKS"]
 
 TASKS: tuple[str, ...] = ("2d", "images")
 _DEFAULT_DATASET = {"2d": "moons", "images": "natural"}
@@ -123,9 +135,65 @@ def _suffixed(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Reject bad values before any work starts: ``ValueError`` naming the flag, value and what is
+    allowed (``main`` turns it into argparse's usage error, exit code 2)."""
+    from gftlib.couplings import COUPLINGS
+    from gftlib.data import DISTRIBUTIONS_2D, IMAGE_SOURCES
+    from gftlib.io import check_output_path
+    from gftlib.validation import check_finite_number, check_positive_int, resolve_device
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    minimum = {"steps": 1, "batch_size": 1, "seed": 0, "data_seed": 0, "n_data": 1, "hidden": 1, "depth": 1,
+               "warmup_steps": 0, "log_every": 1}
+    for name, low in minimum.items():
+        check_positive_int(flag(name), getattr(args, name), minimum=low)
+    if args.checkpoint_every is not None:
+        check_positive_int("--checkpoint-every", args.checkpoint_every)
+        if args.checkpoint_dir is None:
+            raise ValueError(f"--checkpoint-every {args.checkpoint_every} needs --checkpoint-dir (where to "
+                             f"write the checkpoints), got none")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size (the global batch) must be divisible by the {world} torchrun ranks, "
+                         f"got {args.batch_size}")
+    check_finite_number("--lr", args.lr, minimum=0.0, strict=True)
+    check_finite_number("--ema-decay", args.ema_decay, minimum=0.0, maximum=1.0)
+    if args.ema_decay >= 1.0:
+        raise ValueError(f"--ema-decay must be a finite number >= 0 and < 1, got {args.ema_decay!r}")
+    check_finite_number("--grad-clip", args.grad_clip)
+    check_finite_number("--beta0", args.beta0, minimum=0.0)
+    names = DISTRIBUTIONS_2D if args.task == "2d" else tuple(IMAGE_SOURCES)
+    if args.dataset not in names:
+        raise ValueError(f"--dataset must be one of {', '.join(map(repr, names))} for --task {args.task}; "
+                         f"got {args.dataset!r}")
+    if args.target_coupling not in COUPLINGS:
+        raise ValueError(f"--target-coupling must be one of {', '.join(map(repr, COUPLINGS))}; "
+                         f"got {args.target_coupling!r}")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
+    if args.pretrained is not None and not Path(args.pretrained).is_file():
+        raise ValueError(f"--pretrained must be an existing weights file (train_cli --out, format "
+                         f"{WEIGHTS_FORMAT}, or a state dict); got {args.pretrained!r}, which does not exist")
+    if args.checkpoint_dir is not None:
+        check_output_path("--checkpoint-dir", args.checkpoint_dir, directory=True)
+    for name in ("out", "history"):
+        if getattr(args, name) is not None:
+            check_output_path(flag(name), getattr(args, name), directory=False)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.dataset = args.dataset or _DEFAULT_DATASET[args.task]
+    try:
+        check_args(args)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))  # exit code 2, before anything is built
     ctx = D.init_from_env(args.device)
     try:
         from gftlib.experiments.methods import build_method
@@ -155,7 +223,18 @@ def main(argv: list[str] | None = None) -> int:
                                                 "target_coupling")
         }
         fingerprint["pretrained_sha256"] = _sha256(args.pretrained) if args.pretrained else None
-        result = train(model, spec.objective, config, schedule=spec.schedule, fingerprint=fingerprint)
+        try:
+            result = train(model, spec.objective, config, schedule=spec.schedule, fingerprint=fingerprint)
+        except TrainingPreempted as stop:
+            if ctx.is_main:
+                print(f"[train_cli] {stop}", file=sys.stderr, flush=True)
+                print(json.dumps({"preempted": stop.signal_name, "step": stop.step,
+                                  "checkpoint": stop.checkpoint}), flush=True)
+            return EXIT_PREEMPTED
+        except DirectoryBusy as busy:  # another run holds --checkpoint-dir
+            if ctx.is_main:
+                print(f"[train_cli] REFUSED: {busy}", file=sys.stderr, flush=True)
+            return 1
         if args.out is not None and (ctx.is_main or args.per_rank_out):
             out = Path(args.out)
             payload = {"format": WEIGHTS_FORMAT, "model": result.model.state_dict(),
