@@ -39,7 +39,9 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "tests/test_fastpath.py::test_prefetch_training_equals_plain_and_resumes_exactly",
     "tests/test_bad_inputs.py::test_unknown_notebook_parameter_fails_before_the_kernel_starts",
     "tests/test_bad_inputs.py::test_cli_rejects_a_parameter_typo_for_a_real_notebook",
-    "tests/test_models.py::test_tiny_forward_backward_is_fast",
+    "tests/test_cli.py",
+    "tests/test_front_door.py",
+    "tests/test_docs_site.py",
     "tests/test_notebooks_smoke.py::test_network_is_blocked_in_subprocesses",
     "tests/test_bench_smoke.py",
 )
