@@ -93,17 +93,19 @@ class GaussianMixture:
         object.__setattr__(self, "stds", s)
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> GaussianMixture:
-        """Build from ``{"weights": [...], "means": [[...], ...] or [...], "stds": [...]}``."""
+    def from_dict(cls, spec: Mapping[str, Any], *, name: str = "spec") -> GaussianMixture:
+        """Build from ``{"weights": [...], "means": [[...], ...] or [...], "stds": [...]}``; ``name`` is the
+        parameter the spec was given as (e.g. a notebook's ``target_mixture``), named by the errors."""
         if not isinstance(spec, Mapping):
             raise TypeError(
-                f"spec must be a dict with keys 'weights', 'means', 'stds', got {type(spec).__name__}"
+                f"{name} must be a dict with keys 'weights', 'means', 'stds', "
+                f"got {spec!r} ({type(spec).__name__})"
             )
         missing = [key for key in ("weights", "means", "stds") if key not in spec]
         extra = sorted(set(spec) - {"weights", "means", "stds"})
         if missing or extra:
             raise ValueError(
-                "spec must have exactly the keys 'weights', 'means', 'stds'; "
+                f"{name} must have exactly the keys 'weights', 'means', 'stds'; "
                 f"missing {missing}, unknown {extra}"
             )
         return cls(weights=spec["weights"], means=spec["means"], stds=spec["stds"])

@@ -28,7 +28,7 @@ EPS = float(np.finfo(np.float64).eps)
 
 def mixture_1d(name: str, spec: Any, *, why: str = "quadrature is 1-D") -> GaussianMixture:
     """``GaussianMixture.from_dict(spec)`` that must be 1-D; the error names ``name`` and ``why``."""
-    mix = spec if isinstance(spec, GaussianMixture) else GaussianMixture.from_dict(spec)
+    mix = spec if isinstance(spec, GaussianMixture) else GaussianMixture.from_dict(spec, name=name)
     if mix.dim != 1:
         raise ValueError(f"{name} must be a 1-D mixture ({why}), got dimension {mix.dim}")
     return mix

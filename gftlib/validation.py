@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "check_same_shape",
     "check_probability_vector",
     "check_list",
+    "check_existing_path",
     "resolve_device",
 ]
 
@@ -161,3 +163,14 @@ def check_list(name: str, values: Any, check: Callable[[str, Any], Any]) -> list
     if not isinstance(values, (list, tuple)) or len(values) == 0:
         raise ValueError(f"{name} must be a non-empty list, got {values!r}")
     return [check(f"{name}[{i}]", v) for i, v in enumerate(values)]
+
+
+def check_existing_path(name: str, value: Any, *, what: str = "an existing local path") -> Path:
+    """Return ``value`` as an expanded ``Path`` after checking it is a non-empty str / Path that exists;
+    a missing path raises ``FileNotFoundError`` naming ``name``, the value and ``what`` is expected."""
+    if not isinstance(value, (str, Path)) or str(value) == "":
+        raise TypeError(f"{name} must be {what} (a str or Path), got {value!r}")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{name} must be {what}, got {str(value)!r}: {path} does not exist")
+    return path

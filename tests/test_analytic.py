@@ -343,3 +343,13 @@ def test_bad_arguments_raise():
         tv_distance_quadrature(Q1, P1, lo=1.0, hi=0.0)
     with pytest.raises(TypeError, match="sample needs generator=torch.Generator"):
         Q1.sample(10, None)
+
+
+def test_from_dict_names_the_parameter():
+    with pytest.raises(TypeError, match=r"target_mixture must be a dict with keys 'weights', 'means', "
+                                        r"'stds', got '<bad>' \(str\)"):
+        GaussianMixture.from_dict("<bad>", name="target_mixture")
+    with pytest.raises(ValueError, match=r"p_pre must have exactly the keys .*missing \['stds'\]"):
+        GaussianMixture.from_dict({"weights": [1.0], "means": [0.0]}, name="p_pre")
+    with pytest.raises(TypeError, match="spec must be a dict"):  # the default name
+        GaussianMixture.from_dict([1.0])

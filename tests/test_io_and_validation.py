@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gftlib.io import atomic_savefig, atomic_torch_save, atomic_write_json, atomic_write_text
-from gftlib.validation import (check_choice, check_finite_number, check_positive_int,
+from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
                                check_probability_vector, check_same_shape, check_tensor, resolve_device)
 
 
@@ -86,3 +86,15 @@ def test_other_validators() -> None:
             resolve_device("cuda")
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
         resolve_device("gpu")
+
+
+def test_check_existing_path(tmp_path: Path) -> None:
+    assert check_existing_path("pretrain_root", str(tmp_path)) == tmp_path
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError,
+                       match=r"pretrain_root must be a local folder, got '.*nope': .*nope does not exist"):
+        check_existing_path("pretrain_root", str(missing), what="a local folder")
+    with pytest.raises(TypeError, match="weights must be an existing local path"):
+        check_existing_path("weights", 3)
+    with pytest.raises(TypeError, match="weights must be an existing local path"):
+        check_existing_path("weights", "")

@@ -34,32 +34,7 @@ ALLOWED = re.compile(r"must|one of|expected|allowed|only|needs")  # the message 
 
 #: (notebook stem, parameter) -> today's message, for parameters whose setup cell does not yet
 #: name the parameter and the value (or does not reject the value before the work starts).
-GAPS: dict[tuple[str, str], str] = {
-    ("00_walkthrough", "n_target"): "accepted by the setup cell (fails later, inside the work)",
-    ("00_walkthrough", "pretrain_steps"): "accepted by the setup cell (fails later, inside the work)",
-    ("00_walkthrough", "finetune_steps"): "total_steps must be an integer >= 1, got '<bad>'",
-    ("e2_image_shift", "pretrain_root"): "CIFAR-10 root not found: <bad> (does not name pretrain_root)",
-    ("e2_image_shift", "inception_weights"): "Inception feature network not found: <bad> (no parameter name)",
-    ("e2_image_shift", "model_config"): "unknown UNet config name '<bad>' (does not name model_config)",
-    ("t1_girsanov", "target_mixture"): "spec must be a dict with keys 'weights', 'means', 'stds', got str",
-    ("t1_girsanov", "pretrained_mixture"): "spec must be a dict with keys ..., got str",
-    ("t2_mixture_minimizer", "target_mixture"): "spec must be a dict with keys ..., got str",
-    ("t2_mixture_minimizer", "pretrained_mixture"): "spec must be a dict with keys ..., got str",
-    ("t2_mixture_minimizer", "target_mixture_2d"): "spec must be a dict with keys ..., got str",
-    ("t2_mixture_minimizer", "pretrained_mixture_2d"): "spec must be a dict with keys ..., got str",
-    ("t3_convergence", "target_mixture"): "spec must be a dict with keys ..., got str",
-    ("t3_convergence", "pretrained_mixture"): "spec must be a dict with keys ..., got str",
-    ("t3_convergence", "schedule_kind"): "kind must be one of 'constant', ... got '<bad>' (names 'kind')",
-    ("t3_convergence", "schedule_beta0"): "beta0 must be a real number, got '<bad>' (names 'beta0')",
-    ("t3_convergence", "schedule_steps"): "total_steps must be an integer >= 1, got '<bad>'",
-    ("e4_ablations", "schedule_kinds"): "schedule_kind must be one of ...; got '<bad>' (names schedule_kind)",
-    ("e4_ablations", "beta0_values"): "beta0 must be a real number, got '<bad>' (names beta0)",
-    ("e4_ablations", "stage_counts"): "n_stages must be an integer >= 2, got '<bad>' (names n_stages)",
-    ("e4_ablations", "target_sizes"): "n_target must be an integer >= 2, got '<bad>' (names n_target)",
-    ("t4_conditional_marginal", "target_mixture"): "spec must be a dict with keys ..., got str",
-    ("t4_conditional_marginal", "pretrained_mixture"): "spec must be a dict with keys ..., got str",
-    ("t5_paths", "train_steps"): "unsupported operand type(s) for //: 'str' and 'int' (not validated)",
-}
+GAPS: dict[tuple[str, str], str] = {}
 
 
 def _cells(notebook: Path) -> tuple[str, str]:

@@ -118,8 +118,11 @@ def test_profiles_resolve_and_paper_model_constructs() -> None:
 def test_model_config_dict_and_errors() -> None:
     s = TI.resolve_setup(smoke_params(model_config={"config": "tiny", "base_channels": 8}))
     assert s.task.model_kwargs()["base_channels"] == 8 and s.task.model_kwargs()["image_size"] == 8
-    with pytest.raises(ValueError, match="unknown UNet config name 'huge'"):
+    with pytest.raises(ValueError, match="model_config must be one of 'tiny', 'small', 'cifar10'; "
+                                         "got 'huge'"):
         TI.resolve_setup(smoke_params(model_config="huge"))
+    with pytest.raises(ValueError, match=r"model_config\['config'\] must be one of .*; got 'huge'"):
+        TI.resolve_setup(smoke_params(model_config={"config": "huge"}))
     with pytest.raises(TypeError, match="model_config must be a UNet config name"):
         TI.resolve_setup(smoke_params(model_config=3))
     with pytest.raises(ValueError, match="conflicts with image_size=8"):

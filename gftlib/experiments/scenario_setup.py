@@ -107,6 +107,7 @@ def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
                   schedule_kind=params["schedule_kind"], cache_size=s["cache_size"],
                   n_trajectories=s["n_trajectories"], refresh_every=s["refresh_every"], em_steps=s["em_steps"])
     base = Budget(lr=params["lr"], **common)
+    check_finite_number("stress_lr", params["stress_lr"], minimum=0.0, strict=True)  # Budget names it "lr"
     stress = Budget(lr=params["stress_lr"], n_evals=min(s["stress_evals"], int(params["steps"])), **common)
     g = check_finite_number("diffusion", params["diffusion"], minimum=0.0, strict=True)
     sde = Budget(lr=params["lr"], diffusion=g, **common)

@@ -63,6 +63,7 @@ from gftlib.experiments.methods import METHODS, check_methods, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks2d import FinetuneConfig
 from gftlib.features import (
+    INCEPTION_URL,
     InceptionFeatures,
     RandomConvFeatures,
     extract_features,
@@ -73,7 +74,8 @@ from gftlib.models import UNET_CONFIGS, build_model, count_parameters, unet_conf
 from gftlib.objectives import FlowMatchingObjective
 from gftlib.samplers import sample_ode
 from gftlib.train import AMP_MODES, TrainConfig, train
-from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
+from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
+                               resolve_device)
 
 __all__ = [
     "PROFILE_TABLE",
@@ -206,10 +208,12 @@ def _check_optional_path(name: str, value: Any) -> str | None:
 def _normalize_model_config(model_config: Any, image_size: int) -> tuple[tuple[str, Any], ...]:
     """UNetVelocity kwargs (as sorted items, lists made tuples) from a name or a dict of overrides."""
     if isinstance(model_config, str):
-        cfg = unet_config(model_config)
+        cfg = unet_config(check_choice("model_config", model_config, UNET_CONFIGS))
     elif isinstance(model_config, Mapping):
         extra = dict(model_config)
         base = extra.pop("config", None)
+        if base is not None:
+            base = check_choice("model_config['config']", base, UNET_CONFIGS)
         cfg = unet_config(base) if base is not None else {}
         if "image_size" in extra and extra["image_size"] != image_size:
             raise ValueError(f"model_config['image_size']={extra['image_size']!r} conflicts with "
@@ -539,6 +543,9 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
         seed=params["seed"], pretrain_steps=params["pretrain_steps"], pretrain_batch=s["pretrain_batch"],
         pretrain_lr=s["pretrain_lr"], amp=amp, nfe=nfe, feature_width=s["feature_width"],
         feature_depth=s["feature_depth"], n_projections=s["n_projections"], eval_chunk=s["eval_chunk"])
+    if task.pretrain_root is not None:  # the pretraining source (ImageTask refuses it with dataset 'cifar10')
+        check_existing_path("pretrain_root", task.pretrain_root,
+                            what="None or a local CIFAR-10 folder (the pretraining source)")
     n_parameters = count_parameters(task.build_model())  # validates the UNet config with its message
     steps = check_positive_int("steps", params["steps"])
     config = ImageFinetuneConfig(
@@ -551,7 +558,9 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
                          f"images), got {config.batch_size}")
     inception = None
     if params["inception_weights"] is not None:
-        path = _check_optional_path("inception_weights", params["inception_weights"])
+        path = check_existing_path(
+            "inception_weights", _check_optional_path("inception_weights", params["inception_weights"]),
+            what=f"None or the local NVlabs Inception file (gftlib never downloads it; get {INCEPTION_URL})")
         inception = load_inception_features(path, device=device)
     task.check_data()  # a missing file or a too-small set fails here
     seeds = tuple(task.seed + i for i in range(n_seeds))
