@@ -68,11 +68,13 @@ RUN_NOTEBOOKS = [
     Bad("--build", ("--build", "{file}"), r"a_file", r"must be a folder"),
     Bad("--figures", ("--figures", "{file}"), r"a_file", r"must be a folder"),
     Bad("--results", ("--results", "{file}"), r"a_file", r"must be a folder"),
+    Bad("--jobs", ("--jobs", "0"), r"'0'", r"integer >= 1"),
 ]
 
 SUMMARY = [
     Bad("--results", ("--results", "{missing}"), r"missing\.pt", r"existing folder"),
     Bad("--out", ("--out", "{dir}"), r"a_dir", r"must be a file path"),
+    Bad("--readme", ("--readme", "{missing}"), r"missing\.pt", r"existing README file"),
 ]
 
 BENCH = [

@@ -54,6 +54,23 @@ def test_failure_names_notebook_and_cell_and_keeps_copy(tmp_path: Path, capsys) 
     assert not (tmp_path / "ran.txt").exists()
 
 
+@pytest.mark.slow
+def test_parallel_jobs_run_every_notebook_in_its_own_process_and_report_a_failure(tmp_path: Path,
+                                                                                   capsys) -> None:
+    # two workers: both notebooks start; the good one finishes (running notebooks are not killed),
+    # the broken one is reported, and the run fails
+    nb = _notebook(tmp_path / "broken.ipynb", "raise ValueError('beta must be >= 0, got -1')")
+    good = _notebook(tmp_path / "good.ipynb", "import os\nopen('ran.txt', 'w').write(str(os.getpid()))")
+    rc = main([str(nb), str(good), "--jobs", "2", "--build", str(tmp_path / "build")])
+    assert rc == 1
+    assert "broken.ipynb failed" in capsys.readouterr().err
+    assert (tmp_path / "ran.txt").exists()
+    ok = [_notebook(tmp_path / f"ok{i}.ipynb", f"open('ok{i}.txt', 'w').write('x')") for i in range(3)]
+    assert main([*map(str, ok), "--jobs", "2", "--build", str(tmp_path / "build3")]) == 0
+    assert all((tmp_path / f"ok{i}.txt").exists() for i in range(3))
+    assert all((tmp_path / "build3" / "notebooks" / f"ok{i}.ipynb").exists() for i in range(3))
+
+
 def test_profile_typo_is_rejected(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["x.ipynb", "--profile", "quik"])

@@ -8,6 +8,11 @@ copy is kept for inspection. While it runs, the command holds its build, figures
 (:mod:`gftlib.locking`): a second run on any of them is refused at once (exit code 1, naming the
 folder and the holder's pid); a killed run leaves no stale lock.
 
+``--jobs N`` runs up to N notebooks at once, each in a worker process with its own kernel, taking
+them in the order given (``make figures`` lists the longest first and runs two on the 2-core machine). Every
+kernel has its own seeds and thread count, so the results do not depend on N; after a failure no
+further notebook starts, the running ones finish, and the first failure is reported.
+
     python -m gftlib.experiments.run_notebooks --profile quick notebooks/t1_girsanov.ipynb
 """
 
@@ -154,11 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--build", default="build", help="folder for executed notebooks")
     parser.add_argument("--figures", default=None, help="figure folder (default: figures/)")
     parser.add_argument("--results", default=None, help="results folder (default: results/)")
+    parser.add_argument("--jobs", default="1", help="how many notebooks run at once (an integer >= 1)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="override a notebook parameter (Python literal)")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"--profile must be one of {', '.join(PROFILES)}; got {args.profile!r}")
+    if not (args.jobs.isdigit() and int(args.jobs) >= 1):
+        parser.error(f"--jobs must be an integer >= 1, got {args.jobs!r}")
+    args.jobs = int(args.jobs)
     try:
         resolve_device(args.device)
     except ValueError as err:
@@ -197,19 +206,62 @@ def output_directories(build: str | os.PathLike[str], figures: str | os.PathLike
     return [Path(build), Path(fig), Path(res)]
 
 
+def _run_one(nb: str, args: argparse.Namespace, params: dict[str, Any]) -> float:
+    """Run one notebook; return its wall time in seconds (raises NotebookFailed / ValueError)."""
+    start = time.perf_counter()
+    print(f"[run_notebooks] {nb} (profile={args.profile}, device={args.device})", flush=True)
+    run_notebook(nb, parameters=params, build_dir=args.build, figures_dir=args.figures,
+                 results_dir=args.results)
+    seconds = round(time.perf_counter() - start, 1)
+    print(f"[run_notebooks] done {nb} in {seconds:.1f} s", flush=True)
+    return seconds
+
+
+@contextlib.contextmanager
+def _output_environment(args: argparse.Namespace) -> Any:
+    """Set the kernels' output folders once for the whole batch, before the worker processes start
+    (they inherit them; ``run_notebook`` sets and restores the same values per notebook)."""
+    saved = {k: os.environ.get(k) for k in ("GFT_FIGURES_DIR", "GFT_RESULTS_DIR")}
+    if args.figures is not None:
+        os.environ["GFT_FIGURES_DIR"] = str(Path(args.figures).resolve())
+    if args.results is not None:
+        os.environ["GFT_RESULTS_DIR"] = str(Path(args.results).resolve())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _run_all(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
     timings: dict[str, float] = {}
-    for nb in args.notebooks:
-        start = time.perf_counter()
-        print(f"[run_notebooks] {nb} (profile={args.profile}, device={args.device})", flush=True)
-        try:
-            run_notebook(nb, parameters=params, build_dir=args.build,
-                         figures_dir=args.figures, results_dir=args.results)
-        except (NotebookFailed, ValueError) as err:
-            print(f"[run_notebooks] FAILED: {err}", file=sys.stderr, flush=True)
-            return 1
-        timings[Path(nb).stem] = round(time.perf_counter() - start, 1)
-        print(f"[run_notebooks] done {nb} in {timings[Path(nb).stem]:.1f} s", flush=True)
+    queue, running, failure = list(args.notebooks), {}, None
+    # worker processes, not threads: papermill changes the working directory of its process
+    context = multiprocessing.get_context("spawn")
+    with _output_environment(args), ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        while queue or running:
+            while queue and failure is None and len(running) < args.jobs:
+                nb = queue.pop(0)
+                running[pool.submit(_run_one, nb, args, params)] = nb
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                nb = running.pop(future)
+                try:
+                    timings[Path(nb).stem] = future.result()
+                except (NotebookFailed, ValueError) as err:
+                    failure = failure or err
+                    queue.clear()  # no further notebook starts; the running ones finish
+    if failure is not None:
+        print(f"[run_notebooks] FAILED: {failure}", file=sys.stderr, flush=True)
+        return 1
     timing_file = Path(args.build) / f"timings-{args.profile}.json"
     previous = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     atomic_write_json(timing_file, {**previous, **timings})
