@@ -13,3 +13,9 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the slow tests (subprocesses, notebook smoke runs) first, so that the two xdist workers
+    share them and the fast tests fill the gaps at the end, instead of one long test running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept otherwise

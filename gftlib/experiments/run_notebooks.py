@@ -242,6 +242,14 @@ def _run_all(args: argparse.Namespace, params: dict[str, Any]) -> int:
 
     timings: dict[str, float] = {}
     queue, running, failure = list(args.notebooks), {}, None
+    if args.jobs == 1:  # in this process, one after the other
+        for nb in queue:
+            try:
+                timings[Path(nb).stem] = _run_one(nb, args, params)
+            except (NotebookFailed, ValueError) as err:
+                failure = err
+                break
+        queue = []
     # worker processes, not threads: papermill changes the working directory of its process
     context = multiprocessing.get_context("spawn")
     with _output_environment(args), ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
