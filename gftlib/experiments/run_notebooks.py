@@ -217,25 +217,6 @@ def _run_one(nb: str, args: argparse.Namespace, params: dict[str, Any]) -> float
     return seconds
 
 
-@contextlib.contextmanager
-def _output_environment(args: argparse.Namespace) -> Any:
-    """Set the kernels' output folders once for the whole batch, before the worker processes start
-    (they inherit them; ``run_notebook`` sets and restores the same values per notebook)."""
-    saved = {k: os.environ.get(k) for k in ("GFT_FIGURES_DIR", "GFT_RESULTS_DIR")}
-    if args.figures is not None:
-        os.environ["GFT_FIGURES_DIR"] = str(Path(args.figures).resolve())
-    if args.results is not None:
-        os.environ["GFT_RESULTS_DIR"] = str(Path(args.results).resolve())
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _run_all(args: argparse.Namespace, params: dict[str, Any]) -> int:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -252,7 +233,7 @@ def _run_all(args: argparse.Namespace, params: dict[str, Any]) -> int:
         queue = []
     # worker processes, not threads: papermill changes the working directory of its process
     context = multiprocessing.get_context("spawn")
-    with _output_environment(args), ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:  # each sets its own env
         while queue or running:
             while queue and failure is None and len(running) < args.jobs:
                 nb = queue.pop(0)
