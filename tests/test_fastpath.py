@@ -34,6 +34,7 @@ from gftlib.samplers import sample_ode
 from gftlib.train import TrainConfig, train
 
 from train_helpers import CrashAt
+from train_helpers import equal_states as _equal_states
 
 torch.set_num_threads(1)
 
@@ -92,10 +93,6 @@ def _cfg(**kw) -> TrainConfig:
     base = dict(steps=6, lr=1e-2, device="cpu", progress=False, log_every=100, seed=3)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _equal_states(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _objective(kind: str, data: torch.Tensor):

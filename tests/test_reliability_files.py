@@ -19,25 +19,17 @@ from gftlib import checkpoint as C
 from gftlib.locking import LOCK_NAME, DirectoryBusy, DirectoryLock
 from gftlib.train import TrainConfig, train
 
-from train_helpers import TinyMLP, ToyObjective, toy_data
+from train_helpers import ToyObjective, toy_data
+from train_helpers import equal_states as _equal_states, seeded_tiny_mlp as _model
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _model() -> TinyMLP:
-    torch.manual_seed(0)
-    return TinyMLP()
 
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(steps=12, lr=1e-2, device="cpu", progress=False, log_every=4)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _equal_states(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ----------------------------------------------------------------------------------------- corrupt files

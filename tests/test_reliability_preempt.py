@@ -25,15 +25,11 @@ from gftlib.preemption import EXIT_PREEMPTED, PREEMPT_SIGNALS, PreemptionWatch, 
 from gftlib.train import TrainConfig, train
 
 from test_reliability_train import _cli, _env, _equal_states, _free_port
-from train_helpers import TinyMLP, ToyObjective, toy_data
+from train_helpers import ToyObjective, toy_data
+from train_helpers import seeded_tiny_mlp as _model
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parent
-
-
-def _model() -> TinyMLP:
-    torch.manual_seed(0)
-    return TinyMLP()
 
 
 def _cfg(**kw) -> TrainConfig:

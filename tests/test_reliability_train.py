@@ -19,7 +19,8 @@ from gftlib import train as T
 from gftlib.schedules import make_schedule
 from gftlib.train import NonFiniteLossError, TrainConfig, train
 
-from train_helpers import TinyMLP, ToyObjective, toy_data
+from train_helpers import ToyObjective, toy_data
+from train_helpers import equal_states as _equal_states, seeded_tiny_mlp as _model
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -30,15 +31,6 @@ def _cfg(**kw) -> TrainConfig:
     base = dict(steps=12, lr=1e-2, device="cpu", progress=False, log_every=4)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _model(seed: int = 0) -> TinyMLP:
-    torch.manual_seed(seed)
-    return TinyMLP()
-
-
-def _equal_states(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ----------------------------------------------------------------------------------------- atomic writes

@@ -14,7 +14,8 @@ from gftlib import distributed as D
 from gftlib.schedules import make_schedule
 from gftlib.train import TrainConfig, TrainResult, train
 
-from train_helpers import ConstantField, TinyMLP, ToyObjective, toy_data
+from train_helpers import ConstantField, ToyObjective, toy_data
+from train_helpers import seeded_tiny_mlp as _model
 
 torch.set_num_threads(1)
 
@@ -23,11 +24,6 @@ def _cfg(**kw) -> TrainConfig:
     base = dict(steps=20, lr=1e-2, device="cpu", progress=False, log_every=10)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _model(seed: int = 0, **kw) -> TinyMLP:
-    torch.manual_seed(seed)
-    return TinyMLP(**kw)
 
 
 # ----------------------------------------------------------------------------------------- config

@@ -137,3 +137,14 @@ def rows_as_drawn(x0: Tensor, x1: Tensor, *, generator: torch.Generator | None =
 def tiny_images(n: int = 64, size: int = 8, seed: int = 5) -> Tensor:
     """(n, 3, size, size) images in [-1, 1]."""
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def seeded_tiny_mlp(seed: int = 0, **kw: Any) -> TinyMLP:
+    """A ``TinyMLP`` whose initial weights come from ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return TinyMLP(**kw)
+
+
+def equal_states(a: dict, b: dict) -> bool:
+    """Bit-identical state dicts: the same keys and ``torch.equal`` tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
