@@ -433,3 +433,14 @@ def test_scratch_and_pretrained_runs_differ_and_reflow_has_no_schedule() -> None
         TI.finetune(task, "ft", 0, object())
     with pytest.raises(TypeError, match="task must be an ImageTask"):
         TI.finetune(object(), "ft", 0, config)
+
+
+def test_feature_prdc_of_the_heldout_set_itself_is_perfect_and_a_collapsed_set_covers_nothing() -> None:
+    """H against itself: every point is its own nearest neighbour, so precision = recall = coverage = 1.
+    A collapsed generator (one image of H repeated: k-NN radius 0 among the fakes) recalls only that
+    image: recall = 1 / |H|, while its precision stays 1 (precision alone cannot see a collapse)."""
+    task = TI.ImageTask(**TINY)
+    held = task.target_heldout()
+    same, collapsed = TI.feature_prdc(task, [held, held[:1].expand(16, -1, -1, -1).clone()])
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert collapsed["recall"] == pytest.approx(1 / held.shape[0]) and collapsed["precision"] == 1.0

@@ -34,6 +34,7 @@ from a fixed evaluation noise and Euler with ``nfe`` steps:
 - Fréchet distance of :class:`gftlib.features.RandomConvFeatures` features (a fixed random conv net;
   **not FID**, comparable only with itself), and true FID when an Inception network is given;
 - pixel-space sliced W2 (:func:`gftlib.metrics.sliced_wasserstein`, fixed directions);
+- diversity in the same feature space (:func:`feature_prdc`: precision, recall, density, coverage);
 - mean path length and straightness of the sampling paths (:mod:`gftlib.samplers`);
 - a held-out CFM loss on fixed (x0, t) (paired across models) and, over training, the sliced W2 of a
   small sample (``n_curve``) for convergence curves.
@@ -57,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.data import image_patches, load_image_dataset
+from gftlib.diversity import prdc
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.checks import null_upper_bound
 from gftlib.experiments.methods import METHODS, check_methods, run_method
@@ -100,6 +102,7 @@ __all__ = [
     "run_methods",
     "feature_extractor",
     "distances",
+    "feature_prdc",
     "reference_metrics",
     "null_bound",
     "PairedDecrease",
@@ -800,6 +803,16 @@ def distances(task: ImageTask, images: Sequence[Tensor], *, inception: Inception
     """:class:`DistanceSet` of each image set in ``images`` to the held-out target set H."""
     measure = _Features(task, feature_extractor(task, device=device), inception, task.target_heldout())
     return [measure(x) for x in images]
+
+
+def feature_prdc(task: ImageTask, images: Sequence[Tensor], *, k: int = 5,
+                 device: str | torch.device = "cpu") -> list[dict[str, float]]:
+    """Diversity in feature space: :func:`gftlib.diversity.prdc` (precision, recall, density,
+    coverage; k nearest neighbours) of each image set (n, 3, S, S) against the held-out set H, both
+    in the features of the Fréchet distance (RandomConvFeatures(seed=0, width, depth); images clamped)."""
+    extractor = feature_extractor(task, device=device)
+    held = extract_features(_clamp(task.target_heldout()), extractor)
+    return [prdc(held, extract_features(_clamp(x), extractor), k=k) for x in images]
 
 
 @dataclass(frozen=True)
