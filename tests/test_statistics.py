@@ -232,3 +232,13 @@ def test_equivalence_is_declared_when_it_holds() -> None:
     assert analytic > 0.9
     assert rate >= analytic - 3 * math.sqrt(analytic * (1 - analytic) / reps)
     assert not any(r["verdict"] == "not reproduced" for r in rows)
+
+
+def test_every_claim_row_names_its_baseline() -> None:
+    """A row without a named baseline (or GFT form) is refused, so no summary row can omit it."""
+    kw = dict(gft_method="gft-coupling", scenario="s", figure="", paired=True)
+    row = compare_claim("c", "m", "lower", [1.0, 2.0], [1.5, 2.5], baseline_method="ft-ot", **kw)
+    assert row["baseline_method"] == "ft-ot"
+    for bad in ("", None):
+        with pytest.raises(ValueError, match="baseline_method must be a non-empty string"):
+            compare_claim("c", "m", "lower", [1.0, 2.0], [1.5, 2.5], baseline_method=bad, **kw)
