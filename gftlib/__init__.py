@@ -53,10 +53,7 @@ _EXPORTS: dict[str, str] = {
     "MLPVelocity": "gftlib.models",
     "UNetVelocity": "gftlib.models",
     "build_model": "gftlib.models",
-    # the objective builders (target term, pretrained-term caches, reflow) and training. The training
-    # loop itself is ``gftlib.training.loop.train``: the name ``gftlib.training.loop`` is the submodule (Python sets it
-    # on import), so the function cannot also sit at the front door until the loop moves to a package
-    # of its own (issue 13: gftlib/training/).
+    # the objective builders (target term, pretrained-term caches, reflow) and training
     "FlowMatchingObjective": "gftlib.gft.objectives",
     "PretrainedCouplingCache": "gftlib.gft.objectives",
     "PretrainedDriftCache": "gftlib.gft.objectives",
