@@ -66,10 +66,12 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
-    from gftlib.paths import ExactOTCoupling, IndependentCoupling, Interpolant, PathSample, SinkhornCoupling, make_coupling
+    from gftlib.paths import (ExactOTCoupling, IndependentCoupling, Interpolant, PathSample, SinkhornCoupling,
+                              make_coupling)
     from gftlib.losses import DriftBatch, cfm_loss, gft_loss
     from gftlib.models import MLPVelocity, UNetVelocity, build_model
-    from gftlib.gft import FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache, ReflowObjective
+    from gftlib.gft import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
+                            ReflowObjective)
     from gftlib.solvers import sample_ode, sample_sde
     from gftlib.schedules import CoolingSchedule, default_schedule_options, make_schedule
     from gftlib.training import TrainConfig, TrainResult, train
