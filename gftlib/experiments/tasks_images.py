@@ -7,10 +7,10 @@ Conventions: t = 0 noise (x0 ~ N(0, I)), t = 1 data; images are ``(n, 3, S, S)``
 Data (:class:`ImageTask`, ``dataset``):
 
 - ``"skimage"`` (default, offline): the *target* is patches of scikit-image's immunohistochemistry
-  image (:func:`gftlib.data.image_patches` source ``"ihc"``), training patches from the left half of
+  image (:func:`gftlib.data.datasets.image_patches` source ``"ihc"``), training patches from the left half of
   its columns, held-out patches from the right half (no shared pixel; ``target_train_fraction``).
 - ``"cifar10"`` | ``"wilds-<name>"`` (e.g. ``"wilds-camelyon17"``): the target is that local image
-  set at ``data_root`` (:func:`gftlib.data.load_image_dataset`, split ``"train"``); one seeded random
+  set at ``data_root`` (:func:`gftlib.data.datasets.load_image_dataset`, split ``"train"``); one seeded random
   subset is cut into disjoint training / held-out / reference parts.
 - The *source* (pretraining) is CIFAR-10's training split at ``pretrain_root`` when given (held-out
   source images: its test split), otherwise patches of scikit-image's natural photos (``"natural"``).
@@ -31,11 +31,11 @@ pretrained model's law p_pre is, by definition here, the law of its Euler sample
 Evaluation against the held-out target set H (``n_heldout`` images), with ``n_eval`` generated images
 from a fixed evaluation noise and Euler with ``nfe`` steps:
 
-- Fréchet distance of :class:`gftlib.features.RandomConvFeatures` features (a fixed random conv net;
+- Fréchet distance of :class:`gftlib.eval.features.RandomConvFeatures` features (a fixed random conv net;
   **not FID**, comparable only with itself), and true FID when an Inception network is given;
-- pixel-space sliced W2 (:func:`gftlib.metrics.sliced_wasserstein`, fixed directions);
+- pixel-space sliced W2 (:func:`gftlib.eval.metrics.sliced_wasserstein`, fixed directions);
 - diversity in the same feature space (:func:`feature_prdc`: precision, recall, density, coverage);
-- mean path length and straightness of the sampling paths (:mod:`gftlib.samplers`);
+- mean path length and straightness of the sampling paths (:mod:`gftlib.solvers.samplers`);
 - a held-out CFM loss on fixed (x0, t) (paired across models) and, over training, the sliced W2 of a
   small sample (``n_curve``) for convergence curves.
 
@@ -57,25 +57,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.data import image_patches, load_image_dataset
-from gftlib.diversity import prdc
+from gftlib.data.datasets import image_patches, load_image_dataset
+from gftlib.eval.diversity import prdc
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.checks import null_upper_bound
 from gftlib.experiments.methods import METHODS, check_methods, run_method
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks2d import FinetuneConfig
-from gftlib.features import (
+from gftlib.eval.features import (
     INCEPTION_URL,
     InceptionFeatures,
     RandomConvFeatures,
     extract_features,
     load_inception_features,
 )
-from gftlib.metrics import frechet_distance, sliced_wasserstein
+from gftlib.eval.metrics import frechet_distance, sliced_wasserstein
 from gftlib.models import UNET_CONFIGS, build_model, count_parameters, unet_config
-from gftlib.objectives import FlowMatchingObjective
-from gftlib.samplers import sample_ode
-from gftlib.train import AMP_MODES, TrainConfig, train
+from gftlib.gft.objectives import FlowMatchingObjective
+from gftlib.solvers.samplers import sample_ode
+from gftlib.training.loop import AMP_MODES, TrainConfig, train
 from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
                                resolve_device)
 
@@ -111,7 +111,7 @@ __all__ = [
     "image_grid",
 ]
 
-#: Values of ``dataset`` (any ``"wilds-<name>"`` supported by gftlib.data.load_image_dataset works).
+#: Values of ``dataset`` (any ``"wilds-<name>"`` supported by gftlib.data.datasets.load_image_dataset works).
 DATASETS: tuple[str, ...] = ("skimage", "cifar10", "wilds-camelyon17", "wilds-rxrx1", "wilds-fmow",
                              "wilds-<name>")
 
@@ -175,7 +175,7 @@ _ROLES = {"source": 0, "source_ref": 1, "target_train": 2, "target_heldout": 3, 
 
 
 _PATCH_CHUNK = 4096
-# Column split of the source images (gftlib.data's default 75 % / 25 %). The IHC target uses
+# Column split of the source images (gftlib.data.datasets's default 75 % / 25 %). The IHC target uses
 # ImageTask.target_train_fraction (default 1/2): its right quarter is mostly stroma, so a 75/25 split
 # would make the held-out patches a visibly different distribution (feature FD train vs held-out
 # 4.4 at 16x16, against 0.6 for the halves and 0.008 between two training samples).
@@ -807,7 +807,7 @@ def distances(task: ImageTask, images: Sequence[Tensor], *, inception: Inception
 
 def feature_prdc(task: ImageTask, images: Sequence[Tensor], *, k: int = 5,
                  device: str | torch.device = "cpu") -> list[dict[str, float]]:
-    """Diversity in feature space: :func:`gftlib.diversity.prdc` (precision, recall, density,
+    """Diversity in feature space: :func:`gftlib.eval.diversity.prdc` (precision, recall, density,
     coverage; k nearest neighbours) of each image set (n, 3, S, S) against the held-out set H, both
     in the features of the Fréchet distance (RandomConvFeatures(seed=0, width, depth); images clamped)."""
     extractor = feature_extractor(task, device=device)

@@ -1,0 +1,276 @@
+"""Tests of gftlib.solvers.samplers against closed-form solutions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gftlib.solvers.samplers import EVALS_PER_STEP, ODE_METHODS, SampleResult, sample_ode, sample_sde
+
+torch.set_num_threads(1)
+
+# dx/dt = a(t) A x with a(t) = 1 + t: x(1) = expm((int_0^1 a) A) x0 = expm(1.5 A) x0.
+A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)
+
+
+def linear_field(x, t):
+    assert t.shape == (x.shape[0],)
+    return (1.0 + t)[:, None] * (x @ A.T.to(x.dtype))
+
+
+def linear_exact(x0):
+    return x0 @ torch.linalg.matrix_exp(1.5 * A).T
+
+
+class Counting:
+    """A field wrapper counting its calls (independently of the sampler's own counter)."""
+
+    def __init__(self, field):
+        self.field, self.calls = field, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.field(x, t)
+
+
+@pytest.fixture(scope="module")
+def x0_lin():
+    return torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method,order,n", [("euler", 1, 64), ("midpoint", 2, 32), ("rk4", 4, 8)])
+def test_convergence_order(method, order, n, x0_lin):
+    exact = linear_exact(x0_lin)
+    err = [float((sample_ode(linear_field, x0_lin, method=method, steps=s).x - exact).abs().max())
+           for s in (n, 2 * n)]
+    observed = math.log2(err[0] / err[1])
+    assert abs(observed - order) < 0.3, (err, observed)
+
+
+def test_dopri5_tolerance(x0_lin):
+    exact = linear_exact(x0_lin)
+    errs = []
+    for tol in (1e-6, 1e-9):
+        res = sample_ode(linear_field, x0_lin, method="dopri5", atol=tol, rtol=tol)
+        err = float((res.x - exact).abs().max())
+        # Local errors are controlled to tol * (1 + |x|); a handful of tens of steps accumulate them.
+        scale = 1.0 + float(x0_lin.abs().max())
+        assert err < 100 * tol * scale, (tol, err)
+        errs.append(err)
+    assert errs[1] < errs[0]
+
+
+@pytest.mark.parametrize("method", ODE_METHODS)
+def test_nfe_counts_match_calls(method, x0_lin):
+    counting = Counting(linear_field)
+    res = sample_ode(counting, x0_lin, method=method, steps=7)
+    assert res.nfe == counting.calls
+    if method in EVALS_PER_STEP:
+        assert res.nfe == EVALS_PER_STEP[method] * 7
+    else:
+        assert res.nfe > 0
+
+
+@pytest.mark.parametrize("method", ODE_METHODS)
+def test_constant_field_length_and_straightness(method):
+    v = torch.tensor([3.0, -4.0, 12.0], dtype=torch.float64)  # |v| = 13
+    x0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    res = sample_ode(lambda x, t: v.expand_as(x), x0, method=method, steps=5, t0=0.25, t1=0.75)
+    torch.testing.assert_close(res.path_length, torch.full((5,), 13.0 * 0.5, dtype=torch.float64))
+    torch.testing.assert_close(res.x, x0 + 0.5 * v)
+    torch.testing.assert_close(res.straightness, torch.ones(5, dtype=torch.float64))
+
+
+def test_rotation_field_length_is_radius_times_angle():
+    omega = 2.0  # angle swept over [0, 1]
+    radius = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    x0 = torch.stack([radius, torch.zeros(3, dtype=torch.float64)], dim=1)
+
+    def rot(x, t):
+        return omega * torch.stack([-x[:, 1], x[:, 0]], dim=1)
+
+    res = sample_ode(rot, x0, method="rk4", steps=64)
+    torch.testing.assert_close(res.path_length, radius * omega, rtol=1e-7, atol=0)
+    chord_over_arc = 2 * math.sin(omega / 2) / omega
+    torch.testing.assert_close(res.straightness, torch.full((3,), chord_over_arc, dtype=torch.float64),
+                               rtol=1e-7, atol=0)
+    res5 = sample_ode(rot, x0, method="dopri5", atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(res5.path_length, radius * omega, rtol=1e-6, atol=0)
+
+
+def test_zero_field_straightness_is_one():
+    x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    res = sample_ode(lambda x, t: torch.zeros_like(x), x0, method="euler", steps=3)
+    assert torch.equal(res.path_length, torch.zeros(4))
+    assert torch.equal(res.straightness, torch.ones(4))
+
+
+def test_images_dtype_and_trajectory():
+    x0 = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float32)
+    res = sample_ode(lambda x, t: -t[:, None, None, None] * x, x0, method="midpoint", steps=4,
+                     return_trajectory=True)
+    assert isinstance(res, SampleResult)
+    assert res.x.shape == x0.shape and res.x.dtype == torch.float32
+    assert res.path_length.shape == (3,) and res.straightness.shape == (3,)
+    assert res.trajectory.shape == (5, 3, 2, 4, 4)
+    torch.testing.assert_close(res.times, torch.linspace(0, 1, 5))
+    torch.testing.assert_close(res.trajectory[0], x0)
+    torch.testing.assert_close(res.trajectory[-1], res.x)
+    # dx/dt = -t x: x(1) = exp(-1/2) x0 (midpoint is second order: error ~ 1e-3 at 4 steps)
+    torch.testing.assert_close(res.x, math.exp(-0.5) * x0, rtol=5e-3, atol=5e-3)
+    assert res.x.requires_grad is False
+
+
+def test_dopri5_trajectory_times(x0_lin):
+    res = sample_ode(linear_field, x0_lin, method="dopri5", atol=1e-9, rtol=1e-9, trajectory_times=[0.5, 1.0])
+    assert res.trajectory.shape == (2, 16, 2)
+    exact_half = x0_lin @ torch.linalg.matrix_exp((0.5 + 0.125) * A).T  # int_0^0.5 (1 + t) dt
+    torch.testing.assert_close(res.trajectory[0], exact_half, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(res.trajectory[1], res.x)
+    with pytest.raises(ValueError, match="trajectory_times"):
+        sample_ode(linear_field, x0_lin, method="dopri5", return_trajectory=True)
+
+
+def test_grad_flag():
+    w = torch.tensor(0.5, requires_grad=True)
+    x0 = torch.ones(2, 2)
+    res = sample_ode(lambda x, t: w * x, x0, method="euler", steps=2)
+    assert not res.x.requires_grad
+    res = sample_ode(lambda x, t: w * x, x0, method="euler", steps=2, grad=True)
+    res.x.sum().backward()
+    # x(1) = (1 + w/2)^2 x0 -> d/dw sum = 4 * 2 * (1 + w/2) * 1/2
+    torch.testing.assert_close(w.grad, torch.tensor(4 * (1 + 0.25)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"method": "rk45"}, ValueError, "method must be one of"),
+        ({"steps": 0}, ValueError, "steps must be an integer >= 1"),
+        ({"atol": 0.0}, ValueError, "atol must be a finite number > 0"),
+        ({"rtol": -1e-3}, ValueError, "rtol must be a finite number > 0"),
+        ({"t0": 1.0, "t1": 0.0}, ValueError, "t0 must be < t1"),
+        ({"trajectory_times": [0.5, 0.2]}, ValueError, "strictly increasing"),
+        ({"trajectory_times": [0.5, 1.5]}, ValueError, r"lie in \[t0, t1\]"),
+    ],
+)
+def test_sample_ode_rejects_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        sample_ode(linear_field, torch.zeros(2, 2, dtype=torch.float64), **kwargs)
+
+
+def test_sample_ode_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        sample_ode(linear_field, torch.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        sample_ode(linear_field, torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match="field must return a tensor of shape"):
+        sample_ode(lambda x, t: x[:, :1], torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------------------------------- SDE
+
+def test_sde_ornstein_uhlenbeck_moments():
+    theta, sigma, x_start, steps, n = 1.0, 0.8, 2.0, 200, 40_000
+    x0 = torch.full((n, 1), x_start, dtype=torch.float64)
+    res = sample_sde(lambda x, t: -theta * x, x0, diffusion=sigma, steps=steps,
+                     generator=torch.Generator().manual_seed(4))
+    x1 = res.x[:, 0]
+    mean, var = float(x1.mean()), float(x1.var())
+    # Euler-Maruyama is exact in law for this linear SDE as a discrete recursion:
+    # x_{k+1} = a x_k + sigma sqrt(dt) z, a = 1 - theta dt.
+    dt = 1.0 / steps
+    a = 1.0 - theta * dt
+    mean_em = a ** steps * x_start
+    var_em = sigma ** 2 * dt * (1 - a ** (2 * steps)) / (1 - a ** 2)
+    se_mean = math.sqrt(var_em / n)
+    se_var = var_em * math.sqrt(2.0 / (n - 1))
+    assert abs(mean - mean_em) < 4 * se_mean
+    assert abs(var - var_em) < 4 * se_var
+    # Continuous-time closed form; EM's weak error is O(dt) (|mean_em - mean_ct| bounds it here).
+    mean_ct = math.exp(-theta) * x_start
+    var_ct = sigma ** 2 * (1 - math.exp(-2 * theta)) / (2 * theta)
+    assert abs(mean - mean_ct) < 4 * se_mean + abs(mean_em - mean_ct)
+    assert abs(var - var_ct) < 4 * se_var + abs(var_em - var_ct)
+    assert res.nfe == steps
+
+
+def test_sde_brownian_with_drift_time_dependent_diffusion():
+    mu, steps, n = torch.tensor([1.0, -2.0], dtype=torch.float64), 50, 40_000
+    x0 = torch.zeros(n, 2, dtype=torch.float64)
+    res = sample_sde(lambda x, t: mu.expand_as(x), x0, diffusion=lambda t: t, steps=steps,
+                     generator=torch.Generator().manual_seed(5))
+    dt = 1.0 / steps
+    var_em = sum((k * dt) ** 2 * dt for k in range(steps))  # g evaluated at the left end points
+    se_mean = math.sqrt(var_em / n)
+    se_var = var_em * math.sqrt(2.0 / (n - 1))
+    assert (res.x.mean(0) - mu).abs().max() < 4 * se_mean
+    assert (res.x.var(0) - var_em).abs().max() < 4 * se_var
+    assert abs(var_em - 1.0 / 3.0) < 1.0 / steps  # -> int_0^1 t^2 dt
+    # drift part: constant drift -> length |mu| exactly, straightness 1
+    torch.testing.assert_close(res.path_length, torch.full((n,), float(mu.norm()), dtype=torch.float64))
+    torch.testing.assert_close(res.straightness, torch.ones(n, dtype=torch.float64))
+
+
+def test_sde_deterministic_given_generator_and_images():
+    x0 = torch.zeros(4, 3, 2, 2)
+    kw = dict(diffusion=0.5, steps=10, return_trajectory=True)
+    r1 = sample_sde(lambda x, t: -x, x0, generator=torch.Generator().manual_seed(7), **kw)
+    r2 = sample_sde(lambda x, t: -x, x0, generator=torch.Generator().manual_seed(7), **kw)
+    r3 = sample_sde(lambda x, t: -x, x0, generator=torch.Generator().manual_seed(8), **kw)
+    assert torch.equal(r1.x, r2.x) and not torch.equal(r1.x, r3.x)
+    assert r1.x.dtype == torch.float32 and r1.trajectory.shape == (11, 4, 3, 2, 2)
+    assert r1.times.shape == (11,)
+    # zero diffusion reduces to the Euler ODE sampler
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    sde = sample_sde(linear_field, z, diffusion=0.0, steps=10)
+    ode = sample_ode(linear_field, z, method="euler", steps=10)
+    torch.testing.assert_close(sde.x, ode.x)
+    torch.testing.assert_close(sde.path_length, ode.path_length)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"diffusion": -1.0}, ValueError, "diffusion must be a finite number >= 0"),
+        ({"diffusion": lambda t: -1.0}, ValueError, r"diffusion\(t\) must be a finite number >= 0"),
+        ({"diffusion": 1.0, "steps": 0}, ValueError, "steps must be an integer >= 1"),
+        ({"diffusion": 1.0, "t0": 0.5, "t1": 0.5}, ValueError, "t0 must be < t1"),
+        ({"diffusion": 1.0, "generator": 3}, TypeError, "generator must be a torch.Generator"),
+    ],
+)
+def test_sample_sde_rejects_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        sample_sde(lambda x, t: x, torch.zeros(2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-5])
+def test_dopri5_nfe_and_samples_equal_the_plain_solve_of_x(tol: float) -> None:
+    """The path length rides along: step control, NFE and samples are those of solving x alone."""
+    from torchdiffeq import odeint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
+
+    def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return net(torch.cat([x, t[:, None]], dim=1)) * 3.0 + torch.sin(4 * x)
+
+    x0 = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    calls = [0]
+
+    def rhs(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return field(x, t.expand(x.shape[0]))
+
+    with torch.no_grad():
+        plain = odeint(rhs, x0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="dopri5",
+                       atol=tol, rtol=tol)[-1]
+        res = sample_ode(field, x0, method="dopri5", atol=tol, rtol=tol)
+    assert res.nfe == calls[0]
+    assert torch.equal(res.x, plain)
+    # the length is as accurate as the samples (against a fine fixed-step RK4 reference)
+    ref = sample_ode(field, x0, method="rk4", steps=400)
+    rel_len_err = ((res.path_length - ref.path_length).abs() / ref.path_length).max()
+    assert rel_len_err <= (res.x - ref.x).abs().max()
