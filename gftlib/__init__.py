@@ -47,8 +47,8 @@ _EXPORTS: dict[str, str] = {
     "CoolingSchedule": "gftlib.schedules",
     "default_schedule_options": "gftlib.schedules",
     # samplers
-    "sample_ode": "gftlib.solvers.samplers",
-    "sample_sde": "gftlib.solvers.samplers",
+    "sample_ode": "gftlib.solvers.ode",
+    "sample_sde": "gftlib.solvers.sde",
     # models
     "MLPVelocity": "gftlib.models",
     "UNetVelocity": "gftlib.models",
@@ -57,10 +57,10 @@ _EXPORTS: dict[str, str] = {
     # loop itself is ``gftlib.training.loop.train``: the name ``gftlib.training.loop`` is the submodule (Python sets it
     # on import), so the function cannot also sit at the front door until the loop moves to a package
     # of its own (issue 13: gftlib/training/).
-    "FlowMatchingObjective": "gftlib.gft.objectives",
-    "PretrainedCouplingCache": "gftlib.gft.objectives",
-    "PretrainedDriftCache": "gftlib.gft.objectives",
-    "ReflowObjective": "gftlib.gft.objectives",
+    "FlowMatchingObjective": "gftlib.gft.objective",
+    "PretrainedCouplingCache": "gftlib.gft.coupling_cache",
+    "PretrainedDriftCache": "gftlib.gft.drift_cache",
+    "ReflowObjective": "gftlib.gft.reflow",
     "train": "gftlib.training.loop",
     "TrainConfig": "gftlib.training.loop",
     "TrainResult": "gftlib.training.loop",
@@ -73,9 +73,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from gftlib.paths.interpolants import Interpolant, PathSample
     from gftlib.losses import DriftBatch, cfm_loss, gft_loss
     from gftlib.models import MLPVelocity, UNetVelocity, build_model
-    from gftlib.gft.objectives import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
-                                   ReflowObjective)
-    from gftlib.solvers.samplers import sample_ode, sample_sde
+    from gftlib.gft.objective import FlowMatchingObjective
+    from gftlib.gft.coupling_cache import PretrainedCouplingCache
+    from gftlib.gft.drift_cache import PretrainedDriftCache
+    from gftlib.gft.reflow import ReflowObjective
+    from gftlib.solvers.ode import sample_ode
+    from gftlib.solvers.sde import sample_sde
     from gftlib.schedules import CoolingSchedule, default_schedule_options, make_schedule
     from gftlib.training.loop import TrainConfig, TrainResult, train
 

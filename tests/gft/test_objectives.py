@@ -1,4 +1,4 @@
-"""Tests of gftlib.gft.objectives: data order, draws, DDP slicing, pretrained caches, resume."""
+"""Tests of gftlib.gft: data order, draws, DDP slicing, pretrained caches, resume."""
 
 from __future__ import annotations
 
@@ -12,15 +12,12 @@ import torch
 from gftlib.theory.analytic import GaussianMixture, GaussianMixturePath
 from gftlib.paths.interpolants import Interpolant, PathSample
 from gftlib.losses import DriftBatch, cfm_loss
-from gftlib.gft.objectives import (
-    BatchSampler,
-    FlowMatchingObjective,
-    ObjectiveBatch,
-    PretrainedCouplingCache,
-    PretrainedDriftCache,
-    TargetPathRegularizer,
-)
-from gftlib.solvers.samplers import sample_ode
+from gftlib.gft.batch_sampler import BatchSampler
+from gftlib.gft.objective import FlowMatchingObjective, ObjectiveBatch
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.gft.regularizer import TargetPathRegularizer
+from gftlib.solvers.ode import sample_ode
 
 torch.set_num_threads(1)
 
@@ -552,7 +549,7 @@ def test_drift_cache_euler_chain_is_the_pretrained_sampler():
 def test_sde_states_at_law_and_chain():
     """Zero drift: the state at any t is x0 + g W_t (variance 1 + g^2 t, exact for Euler–Maruyama);
     constant drift c: mean c t. Asking for t = 1 only reproduces sample_sde with the same generator."""
-    from gftlib.solvers.samplers import sample_sde, sde_states_at
+    from gftlib.solvers.sde import sample_sde, sde_states_at
 
     n, g = 20000, 0.7
     x0 = torch.randn(n, 2, generator=gen(1), dtype=torch.float64)

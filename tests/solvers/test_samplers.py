@@ -1,4 +1,4 @@
-"""Tests of gftlib.solvers.samplers against closed-form solutions."""
+"""Tests of gftlib.solvers (ode, sde) against closed-form solutions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from gftlib.solvers.samplers import EVALS_PER_STEP, ODE_METHODS, SampleResult, sample_ode, sample_sde
+from gftlib.solvers.ode import EVALS_PER_STEP, ODE_METHODS, sample_ode
+from gftlib.solvers.common import SampleResult
+from gftlib.solvers.sde import sample_sde
 
 torch.set_num_threads(1)
 
