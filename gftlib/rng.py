@@ -9,7 +9,9 @@ Two derivations of a seed from a tuple of integers, both through :class:`numpy.r
 * :func:`stream_seed` -- the first 64-bit word masked to ``bits`` bits: the experiment tasks'
   named streams (one per role, e.g. ``stream_seed(seed, role_id)``).
 
-They are kept apart, not unified, because each one defines streams that committed results were
+SeedSequence pads its entropy with zeros, so a trailing 0 does not count: ``(seed, 0)`` and
+``(seed,)`` name the same stream; tell streams apart by a non-zero last value (as the caches do with
+1 and 2). They are kept apart, not unified, because each one defines streams that committed results were
 drawn from (the same seeds must give byte-identical results). :func:`seeded_generator` builds a
 ``torch.Generator`` from a seed, :func:`fork_generator` a per-rank generator, and
 :func:`seed_global_rngs` seeds the global generators of ``random``, numpy and torch.
