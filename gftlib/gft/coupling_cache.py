@@ -95,10 +95,7 @@ class PretrainedCouplingCache(PretrainedCache):
     def batch(self, batch_size: int, generator: torch.Generator, *,
               target_path: PathSample | None = None) -> PathSample:
         """Random pairs from the cache as a PathSample (t and z from ``generator``)."""
-        batch_size, generator = self._check_batch_args(batch_size, generator)
-        self.prepare()
-        idx = torch.randint(self.size, (batch_size,), generator=generator, device=generator.device)
-        idx = idx.to(self.device)
+        idx = self._draw_indices(batch_size, generator)
         path = self.interpolant.sample(self._x0[idx], self._x1[idx], generator=generator,
                                        diffusion=self.diffusion, check_values=False)
         self._tick()

@@ -153,10 +153,7 @@ class PretrainedDriftCache(PretrainedCache):
     def batch(self, batch_size: int, generator: torch.Generator, *,
               target_path: PathSample | None = None) -> DriftBatch:
         """Random cached (x, t, b_pre(x, t)) triples as a DriftBatch (indices from ``generator``)."""
-        batch_size, generator = self._check_batch_args(batch_size, generator)
-        self.prepare()
-        idx = torch.randint(self.size, (batch_size,), generator=generator, device=generator.device)
-        idx = idx.to(self.device)
+        idx = self._draw_indices(batch_size, generator)
         out = DriftBatch(x=self._x[idx], t=self._t[idx], target=self._b[idx])
         self._tick()
         return out

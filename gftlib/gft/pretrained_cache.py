@@ -139,8 +139,13 @@ class PretrainedCache:
             self.generation += 1
             self.batches_since_refresh = 0
 
-    def _check_batch_args(self, batch_size: Any, generator: Any) -> tuple[int, torch.Generator]:
-        return check_positive_int("batch_size", batch_size), check_generator(generator)
+    def _draw_indices(self, batch_size: Any, generator: Any) -> Tensor:
+        """``batch_size`` cache indices drawn uniformly with replacement from ``generator`` (on its
+        device, then moved to the cache's), after building the current generation if needed."""
+        batch_size, generator = check_positive_int("batch_size", batch_size), check_generator(generator)
+        self.prepare()
+        idx = torch.randint(self.size, (batch_size,), generator=generator, device=generator.device)
+        return idx.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         fp = None
