@@ -35,14 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.paths.interpolants import Interpolant
-from gftlib.gft.objectives import (
-    FlowMatchingObjective,
-    Objective,
-    PretrainedCouplingCache,
-    PretrainedDriftCache,
-    ReflowObjective,
-    TargetPathRegularizer,
-)
+from gftlib.gft.objective import FlowMatchingObjective, Objective
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.gft.reflow import ReflowObjective
+from gftlib.gft.regularizer import TargetPathRegularizer
 from gftlib.paths.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
 from gftlib.training.loop import TrainConfig, TrainResult, train
@@ -85,7 +82,7 @@ _GFT_LIKE = ("l2-reg", "gft-drift", "gft-coupling")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method ready to train: ``objective`` (gftlib.gft.objectives.Objective), whether the trained
+    """A method ready to train: ``objective`` (gftlib.gft.objective.Objective), whether the trained
     model starts from the pretrained weights, the cooling ``schedule`` (None: beta = 0 throughout)."""
 
     name: str

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gftlib.solvers.samplers import EVALS_PER_STEP, FIXED_STEP_METHODS, sample_ode
+from gftlib.solvers.ode import EVALS_PER_STEP, FIXED_STEP_METHODS, sample_ode
 from gftlib.types import VelocityField
 from gftlib.validation import check_bool, check_choice, check_positive_int, resolve_device
 

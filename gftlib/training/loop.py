@@ -9,7 +9,7 @@ an fp32 EMA copy of the parameters. "Step k" everywhere (history, checkpoints, e
 
 Reproducibility and resuming. The trainer owns one ``torch.Generator`` on the training device,
 seeded with ``config.seed`` and *identical on every rank*: an objective that draws its global-batch
-randomness from it and keeps its rank's rows (as :class:`gftlib.gft.objectives.FlowMatchingObjective`
+randomness from it and keeps its rank's rows (as :class:`gftlib.gft.objective.FlowMatchingObjective`
 does) reproduces the single-process batch under DDP. Python's ``random``, numpy's and torch's global
 RNGs (dropout) are seeded with ``config.seed + rank`` at a fresh start (a documented side effect).
 A checkpoint holds everything that influences later steps: model, EMA, optimizer, step, beta, the
@@ -68,6 +68,7 @@ from gftlib.training.checkpoint import (
 )
 from gftlib.training.fastpath import ChannelsLastInput
 from gftlib.locking import DirectoryBusy, DirectoryLock
+from gftlib.rng import seed_global_rngs
 from gftlib.models import to_fast_layout
 from gftlib.training.preemption import ACCELERATOR_CHECK_EVERY, PreemptionWatch, TrainingPreempted, agree
 from gftlib.validation import (
@@ -281,12 +282,6 @@ def _set_global_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _seed_global(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _optimizer_impl(device: torch.device) -> dict[str, bool]:
     return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
@@ -352,7 +347,7 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``objective`` (see the module docstring for every convention).
 
-    ``objective``: implements :class:`gftlib.gft.objectives.Objective` (``loss(model, beta, generator)
+    ``objective``: implements :class:`gftlib.gft.objective.Objective` (``loss(model, beta, generator)
     -> LossTerms``, ``state_dict``, ``load_state_dict``, optionally ``set_rank``); it should draw
     random numbers on ``generator.device``. ``schedule``: a CoolingSchedule with
     ``total_steps == config.steps`` (or any callable step -> beta >= 0); None means beta = 0.
@@ -366,7 +361,7 @@ def train(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     for method in ("loss", "state_dict", "load_state_dict"):
         if not callable(getattr(objective, method, None)):
-            raise TypeError(f"objective must implement {method}() (gftlib.gft.objectives.Objective protocol); "
+            raise TypeError(f"objective must implement {method}() (gftlib.gft.objective.Objective protocol); "
                             f"{type(objective).__name__} does not")
     if evaluate is not None and not callable(evaluate):
         raise TypeError(
@@ -431,7 +426,7 @@ def _train(model: nn.Module, objective: Any, config: TrainConfig, evaluate: Any,
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **impl)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
-    _seed_global(config.seed + rank)
+    seed_global_rngs(config.seed + rank)
     if callable(getattr(objective, "set_rank", None)):
         objective.set_rank(rank, world)
 

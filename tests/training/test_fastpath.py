@@ -21,16 +21,12 @@ from gftlib.training.fastpath import ChannelsLastInput, fast_settings, sample_ba
 from gftlib.paths.interpolants import Interpolant
 from gftlib.losses import regression_loss
 from gftlib.models import build_model
-from gftlib.gft.objectives import (
-    FlowMatchingObjective,
-    Objective,
-    PretrainedCouplingCache,
-    PretrainedDriftCache,
-    _couple,
-    _fork_generator,
-)
+from gftlib.gft.objective import FlowMatchingObjective, Objective, _couple
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.rng import fork_generator as _fork_generator
 from gftlib.gft.prefetch import PrefetchingObjective
-from gftlib.solvers.samplers import sample_ode
+from gftlib.solvers.ode import sample_ode
 from gftlib.training.loop import TrainConfig, train
 
 from train_helpers import CrashAt
@@ -405,7 +401,7 @@ def test_prefetch_state_needs_a_prefetching_objective_and_the_same_generator():
         fresh.sample_batch(0.0, gen(1))  # not the checkpointed generator state
     with pytest.raises(ValueError, match=r"missing keys \['generator_after'"):
         fresh.load_state_dict({**state, "prefetch": {"generator_before": 0, "sampler_before": {}}})
-    with pytest.raises(TypeError, match="objective must be a gftlib.gft.objectives.FlowMatchingObjective"):
+    with pytest.raises(TypeError, match="objective must be a gftlib.gft.objective.FlowMatchingObjective"):
         PrefetchingObjective(object())
     obj.close()
 
