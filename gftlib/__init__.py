@@ -53,17 +53,15 @@ _EXPORTS: dict[str, str] = {
     "MLPVelocity": "gftlib.models",
     "UNetVelocity": "gftlib.models",
     "build_model": "gftlib.models",
-    # the objective builders (target term, pretrained-term caches, reflow) and training. The training
-    # loop itself is ``gftlib.training.loop.train``: the name ``gftlib.training.loop`` is the submodule (Python sets it
-    # on import), so the function cannot also sit at the front door until the loop moves to a package
-    # of its own (issue 13: gftlib/training/).
+    # the objective builders (target term, pretrained-term caches, reflow) and training (the loop in
+    # gftlib.training.loop, its configuration and result in gftlib.training.config).
     "FlowMatchingObjective": "gftlib.gft.objectives",
     "PretrainedCouplingCache": "gftlib.gft.objectives",
     "PretrainedDriftCache": "gftlib.gft.objectives",
     "ReflowObjective": "gftlib.gft.objectives",
     "train": "gftlib.training.loop",
-    "TrainConfig": "gftlib.training.loop",
-    "TrainResult": "gftlib.training.loop",
+    "TrainConfig": "gftlib.training.config",
+    "TrainResult": "gftlib.training.config",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -77,7 +75,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
                                    ReflowObjective)
     from gftlib.solvers.samplers import sample_ode, sample_sde
     from gftlib.schedules import CoolingSchedule, default_schedule_options, make_schedule
-    from gftlib.training.loop import TrainConfig, TrainResult, train
+    from gftlib.training.config import TrainConfig, TrainResult
+    from gftlib.training.loop import train
 
 
 def __getattr__(name: str) -> Any:

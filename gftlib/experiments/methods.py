@@ -45,7 +45,8 @@ from gftlib.gft.objectives import (
 )
 from gftlib.paths.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
-from gftlib.training.loop import TrainConfig, TrainResult, train
+from gftlib.training.config import TrainConfig, TrainResult
+from gftlib.training.loop import train
 from gftlib.validation import (
     check_choice,
     check_finite_number,

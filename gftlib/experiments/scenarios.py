@@ -45,7 +45,8 @@ from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein
 from gftlib.gft.objectives import FlowMatchingObjective
 from gftlib.solvers.samplers import SampleResult, sample_ode, sample_sde
 from gftlib.schedules import SCHEDULES, make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",

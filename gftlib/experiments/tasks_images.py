@@ -73,7 +73,8 @@ from gftlib.eval.metrics import frechet_distance, sliced_wasserstein
 from gftlib.models import UNET_CONFIGS, build_model, count_parameters, unet_config
 from gftlib.gft.objectives import FlowMatchingObjective
 from gftlib.solvers.samplers import sample_ode
-from gftlib.training.loop import AMP_MODES, TrainConfig, train
+from gftlib.training.config import AMP_MODES, TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
                                resolve_device)
 

@@ -48,7 +48,8 @@ from gftlib.gft.objectives import (BatchSampler, FlowMatchingObjective, Pretrain
                                PretrainedDriftCache)
 from gftlib.solvers.samplers import sample_ode, sample_sde
 from gftlib.schedules import make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import resolve_device
 
 from train_helpers import TinyMLP, ToyObjective, toy_data

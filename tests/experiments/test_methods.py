@@ -23,7 +23,8 @@ from gftlib.gft.objectives import (
     ReflowObjective,
     TargetPathRegularizer,
 )
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,8 @@ import torch
 from gftlib.training import checkpoint as C
 from gftlib.training import distributed as D
 from gftlib.schedules import make_schedule
-from gftlib.training.loop import TrainConfig, TrainResult, train
+from gftlib.training.config import TrainConfig, TrainResult
+from gftlib.training.loop import train
 
 from train_helpers import ConstantField, ToyObjective, toy_data
 from train_helpers import seeded_tiny_mlp as _model
