@@ -198,7 +198,7 @@ def test_unet_time_conditioning_matters():
 @pytest.mark.parametrize("scale_shift", [False, True])
 def test_every_res_block_sees_the_time_embedding(scale_shift):
     """GroupNorm must not erase the time bias (it would with one channel per group)."""
-    from gftlib.models.unet import ResBlock
+    from gftlib.models.unet_blocks import ResBlock
 
     model = _tiny(use_scale_shift_norm=scale_shift)
     blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
