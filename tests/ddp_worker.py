@@ -23,7 +23,8 @@ from gftlib.training import distributed as D  # noqa: E402
 from gftlib.models import build_model  # noqa: E402
 from gftlib.gft.objective import FlowMatchingObjective  # noqa: E402
 from gftlib.schedules import make_schedule  # noqa: E402
-from gftlib.training.loop import TrainConfig, train  # noqa: E402
+from gftlib.training.config import TrainConfig  # noqa: E402
+from gftlib.training.loop import train  # noqa: E402
 
 STEPS, BATCH = 8, 64
 

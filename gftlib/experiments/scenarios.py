@@ -47,7 +47,8 @@ from gftlib.solvers.common import SampleResult
 from gftlib.solvers.ode import sample_ode
 from gftlib.solvers.sde import sample_sde
 from gftlib.schedules import SCHEDULES, make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",

@@ -51,7 +51,8 @@ from gftlib.solvers.ode import FIXED_STEP_METHODS, sample_ode
 from gftlib.eval.stability import early_degradation, max_upward_jump
 from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
 from gftlib.rng import seeded_generator, stream_seed
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = [

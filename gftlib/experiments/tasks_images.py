@@ -74,7 +74,8 @@ from gftlib.models import UNET_CONFIGS, build_model, count_parameters, unet_conf
 from gftlib.gft.objective import FlowMatchingObjective
 from gftlib.solvers.ode import sample_ode
 from gftlib.rng import seeded_generator, stream_seed
-from gftlib.training.loop import AMP_MODES, TrainConfig, train
+from gftlib.training.config import AMP_MODES, TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
                                resolve_device)
 

@@ -51,7 +51,8 @@ from gftlib.gft.drift_cache import PretrainedDriftCache
 from gftlib.solvers.ode import sample_ode
 from gftlib.solvers.sde import sample_sde
 from gftlib.schedules import make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import resolve_device
 
 from train_helpers import TinyMLP, ToyObjective, toy_data

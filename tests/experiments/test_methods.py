@@ -20,7 +20,8 @@ from gftlib.gft.coupling_cache import PretrainedCouplingCache
 from gftlib.gft.drift_cache import PretrainedDriftCache
 from gftlib.gft.reflow import ReflowObjective
 from gftlib.gft.regularizer import TargetPathRegularizer
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 torch.set_num_threads(1)
 
