@@ -50,12 +50,13 @@ from gftlib.gft.objectives import FlowMatchingObjective
 from gftlib.solvers.samplers import SampleResult, sample_ode, sample_sde
 from gftlib.schedules import SCHEDULES, make_schedule
 from gftlib.training.loop import TrainConfig
-from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
+from gftlib.validation import (check_choice, check_finite_number, check_int_fields, check_positive_int,
+                               resolve_device)
 
 __all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",
            "PretrainedReference", "pretrain_scenario", "sample", "pretrained_reference", "run_scenario",
-           "run_grid", "task_for_seed", "final_values", "curve_stability", "STABILITY_KEYS", "steps_to_level", "null_memorization",
-           "pooled_floor_se", "ScenarioRunner"]
+           "run_grid", "task_for_seed", "final_values", "curve_stability", "STABILITY_KEYS", "steps_to_level",
+           "null_memorization", "pooled_floor_se", "ScenarioRunner"]
 
 #: The methods compared in every scenario: the strongest fair baselines and both GFT forms.
 SCENARIO_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling")
@@ -95,8 +96,8 @@ class Budget:
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        for name in ("steps", "cache_size", "n_trajectories", "refresh_every", "em_steps", "n_evals"):
-            put(name, check_positive_int(name, getattr(self, name)))
+        check_int_fields(self, {"steps": 1, "cache_size": 1, "n_trajectories": 1, "refresh_every": 1,
+                                "em_steps": 1, "n_evals": 1})
         put("batch_size", check_positive_int("batch_size", self.batch_size, minimum=2))
         if self.n_evals > self.steps:
             raise ValueError(f"n_evals must be an integer in [1, steps={self.steps}], got {self.n_evals}")
@@ -310,8 +311,8 @@ class ScenarioRunner(TaskRunner[T2.Task2D, Budget, ScenarioRun]):
     def check(self, task: T2.Task2D, method: str, seed: int, budget: Budget) -> tuple[str, int]:
         (method,) = check_methods([method])
         if method not in SCENARIO_METHODS + ("scratch",):
-            raise ValueError(f"method must be one of {SCENARIO_METHODS + ('scratch',)} (fine-tuning methods of "
-                             f"the scenarios), got {method!r}")
+            raise ValueError(f"method must be one of {SCENARIO_METHODS + ('scratch',)} (fine-tuning methods "
+                             f"of the scenarios), got {method!r}")
         return method, seed
 
     def pretrained(self, task: T2.Task2D, method: str, budget: Budget, device: torch.device) -> nn.Module:

@@ -85,7 +85,8 @@ def run_unit(setup: T2.TaskSetup, seed: int, methods: Sequence[str]) -> Unit:
     task = seeded_task(setup.task, seed)
     pre = T2.pretrain(task, device=setup.device)
     ref = reference_distances(task, pre, n_repeats=setup.n_repeats, device=setup.device)
-    runs = {m: rs[0] for m, rs in T2.run_methods(task, methods, [seed], setup.config, device=setup.device).items()}
+    per_method = T2.run_methods(task, methods, [seed], setup.config, device=setup.device)
+    runs = {m: rs[0] for m, rs in per_method.items()}
     return Unit(pair=pair_name(task.source, task.target), seed=int(seed), task=task, pretrained=pre,
                 ref=ref, runs=runs)
 

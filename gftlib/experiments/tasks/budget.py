@@ -14,7 +14,7 @@ import numpy as np
 from gftlib.experiments.methods import METHODS, check_schedule_options
 from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
 from gftlib.training.loop import TrainConfig
-from gftlib.validation import check_choice, check_finite_number, check_positive_int
+from gftlib.validation import check_choice, check_finite_number, check_int_fields, check_positive_int
 
 __all__ = ["SCHEDULED_METHODS", "FinetuneConfig", "ends_at_zero"]
 
@@ -50,8 +50,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        for name in ("steps", "batch_size", "cache_size", "n_trajectories", "n_evals"):
-            put(name, check_positive_int(name, getattr(self, name)))
+        check_int_fields(self, {"steps": 1, "batch_size": 1, "cache_size": 1, "n_trajectories": 1,
+                                "n_evals": 1})
         put("batch_size", check_positive_int("batch_size", self.batch_size, minimum=2))
         put("lr", check_finite_number("lr", self.lr, minimum=0.0, strict=True))
         put("beta0", check_finite_number("beta0", self.beta0, minimum=0.0))

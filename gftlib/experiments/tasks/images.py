@@ -25,9 +25,10 @@ from a fixed evaluation noise and Euler with ``nfe`` steps:
 - a held-out CFM loss on fixed (x0, t) (paired across models) and, over training, the sliced W2 of a
   small sample (``n_curve``) for convergence curves.
 
-Reference values (:func:`gftlib.experiments.tasks.images_eval.reference_metrics`): a null distribution of each distance (``n_null``
-independent held-out target samples of size ``n_eval`` against H), the distance of a sample of the
-training distribution, of the source, and of the pretrained model.
+Reference values (:func:`gftlib.experiments.tasks.images_eval.reference_metrics`): a null
+distribution of each distance (``n_null`` independent held-out target samples of size ``n_eval``
+against H), the distance of a sample of the training distribution, of the source, and of the
+pretrained model.
 """
 
 
@@ -46,8 +47,10 @@ from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, MethodRun, check_methods
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks.budget import FinetuneConfig
-from gftlib.experiments.tasks.images_data import ImageTask, check_optional_path, normalize_model_config, sliced_w2
-from gftlib.experiments.tasks.runner import TaskRunner, ema_state, load_weights, pretrain_source
+from gftlib.experiments.tasks.images_data import (ImageTask, check_optional_path, normalize_model_config,
+                                                  sliced_w2)
+from gftlib.experiments.tasks.runner import (RunRecord, TaskRunner, load_weights, pretrain_source,
+                                             record_fields)
 from gftlib.gft.objectives import FlowMatchingObjective
 from gftlib.models import count_parameters
 from gftlib.solvers.samplers import sample_ode
@@ -210,8 +213,9 @@ def pretrain(task: ImageTask, *, device: str | torch.device = "cpu") -> nn.Modul
     """The source model: CFM (``task.pretrain_coupling``) on ``task.source_train()`` from a random
     init seeded with ``task.seed``; returns the EMA network (eval mode, no gradients, CPU). Cached."""
     dev = resolve_device(device)
-    objective = lambda: FlowMatchingObjective(task.source_train().to(dev), batch_size=task.pretrain_batch,  # noqa: E731
-                                              coupling=task.pretrain_coupling, seed=task.seed)
+    objective = lambda: FlowMatchingObjective(  # noqa: E731
+        task.source_train().to(dev), batch_size=task.pretrain_batch, coupling=task.pretrain_coupling,
+        seed=task.seed)
     key = {"kind": "tasks-images-pretrain", "task": task.pretrain_key(), "device": dev.type}
     state = pretrain_source(task, objective, name="tasks-images-pretrain", key=key, device=dev, amp=task.amp)
     return load_weights(task.build_model(), state["ema"])
@@ -284,26 +288,16 @@ def generate_pretrained(task: ImageTask, *, device: str | torch.device = "cpu") 
 
 
 @dataclass(frozen=True)
-class ImageRun:
-    """One fine-tuning run (EMA model). Curve arrays share ``eval_steps`` (E,) with step 0 = the
-    initial model: ``curve_sw`` (sliced W2 of ``n_curve`` samples to H) and ``curve_loss`` (mean
-    held-out CFM loss). Loss arrays share ``log_steps`` (means over each log interval; ``beta`` is
-    the temperature there). ``final``: :class:`Generated` of the final EMA model;
-    ``schedule_final_beta``: beta at the last update (None without a schedule)."""
+class ImageRun(RunRecord):
+    """One fine-tuning run (EMA model) of the image task: :class:`~gftlib.experiments.tasks.runner.RunRecord`
+    plus curve arrays sharing ``eval_steps`` (E,) with step 0 = the initial model: ``curve_sw`` (sliced
+    W2 of ``n_curve`` samples to H) and ``curve_loss`` (mean held-out CFM loss); ``final``:
+    :class:`Generated` of the final EMA model."""
 
-    method: str
-    seed: int
     eval_steps: np.ndarray
     curve_sw: np.ndarray
     curve_loss: np.ndarray
-    log_steps: np.ndarray
-    beta: np.ndarray
-    loss_total: np.ndarray
-    loss_target: np.ndarray
-    loss_pretrained: np.ndarray
-    schedule_final_beta: float | None
     final: Generated = field(repr=False)
-    ema_state: dict[str, Tensor] = field(repr=False)
 
 
 class ImageRunner(TaskRunner[ImageTask, ImageFinetuneConfig, ImageRun]):
@@ -335,19 +329,18 @@ class ImageRunner(TaskRunner[ImageTask, ImageFinetuneConfig, ImageRun]):
 
         def evaluate(model: nn.Module, step: int) -> dict[str, float]:
             g = generate(task, model, device=device, n=config.n_curve)
-            return {"curve_sw": sliced_w2(g.samples, heldout, task), "curve_loss": float(g.heldout_loss.mean())}
+            return {"curve_sw": sliced_w2(g.samples, heldout, task),
+                    "curve_loss": float(g.heldout_loss.mean())}
 
         return evaluate
 
     def collect(self, task: ImageTask, method: str, seed: int, config: ImageFinetuneConfig, run: MethodRun,
                 device: torch.device) -> ImageRun:
-        evals, logs, col = run.evals, run.logs, run.column
-        return ImageRun(
-            method=method, seed=seed, eval_steps=col(evals, "step", np.int64), curve_sw=col(evals, "curve_sw"),
-            curve_loss=col(evals, "curve_loss"), log_steps=col(logs, "step", np.int64), beta=col(logs, "beta"),
-            loss_total=col(logs, "total"), loss_target=col(logs, "target"),
-            loss_pretrained=col(logs, "pretrained"), schedule_final_beta=run.final_beta(config.steps),
-            final=generate(task, run.result.ema_model, device=device), ema_state=ema_state(run.result.ema_model))
+        evals, col = run.evals, run.column
+        final = generate(task, run.result.ema_model, device=device)
+        return ImageRun(**record_fields(run, method, seed, config.steps),
+                        eval_steps=col(evals, "step", np.int64), curve_sw=col(evals, "curve_sw"),
+                        curve_loss=col(evals, "curve_loss"), final=final)
 
 
 RUNNER = ImageRunner()

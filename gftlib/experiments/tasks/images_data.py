@@ -40,7 +40,7 @@ from gftlib.data.datasets import image_patches, load_image_dataset
 from gftlib.eval.metrics import sliced_wasserstein
 from gftlib.models import UNET_CONFIGS, build_model, unet_config
 from gftlib.training.loop import AMP_MODES
-from gftlib.validation import check_choice, check_finite_number, check_positive_int
+from gftlib.validation import check_choice, check_finite_number, check_int_fields, check_positive_int
 
 __all__ = ["DATASETS", "ImageTask", "normalize_model_config", "check_optional_path", "clamp_images",
            "sliced_w2"]
@@ -176,12 +176,10 @@ class ImageTask:
                              "CIFAR-10 (no domain shift); set pretrain_root=None (source: natural skimage "
                              "patches)")
         put("image_size", check_positive_int("image_size", self.image_size, minimum=4))
-        for name, minimum in (("n_target", 2), ("n_source", 2), ("n_heldout", 2), ("n_eval", 2),
-                              ("n_null", 2),
-                              ("n_loss", 1), ("n_grid", 1), ("patch_crop", 1), ("pretrain_steps", 1),
-                              ("pretrain_batch", 2), ("nfe", 1), ("feature_width", 1), ("feature_depth", 1),
-                              ("n_projections", 1), ("eval_chunk", 1)):
-            put(name, check_positive_int(name, getattr(self, name), minimum=minimum))
+        check_int_fields(self, {"n_target": 2, "n_source": 2, "n_heldout": 2, "n_eval": 2, "n_null": 2,
+                                "n_loss": 1, "n_grid": 1, "patch_crop": 1, "pretrain_steps": 1,
+                                "pretrain_batch": 2, "nfe": 1, "feature_width": 1, "feature_depth": 1,
+                                "n_projections": 1, "eval_chunk": 1})
         put("seed", check_positive_int("seed", self.seed, minimum=0))
         put("pretrain_lr", check_finite_number("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True))
         put("target_train_fraction", check_finite_number("target_train_fraction", self.target_train_fraction,

@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,7 +37,8 @@ from gftlib.experiments.methods import METHODS, MethodRun, run_method
 from gftlib.training.loop import TrainConfig, train
 from gftlib.validation import check_choice, check_positive_int, resolve_device
 
-__all__ = ["single_thread", "ema_state", "load_weights", "pretrain_source", "TaskRunner"]
+__all__ = ["single_thread", "ema_state", "load_weights", "pretrain_source", "RunRecord", "record_fields",
+           "TaskRunner"]
 
 TaskT = TypeVar("TaskT")
 ConfigT = TypeVar("ConfigT")
@@ -83,6 +86,33 @@ def pretrain_source(task: Any, objective: Callable[[], Any], *, name: str, key: 
         return {"ema": ema_state(res.ema_model), "history": res.history}
 
     return cached_torch(name, dict(key), build)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What every task's record of one fine-tuning run holds (the tasks add their evaluations):
+    ``method``, ``seed``; loss logs sharing ``log_steps`` (means over each log interval; ``beta`` is
+    the temperature at the logged step); ``schedule_final_beta``: beta at the last update (None
+    without a schedule); ``ema_state``: the final EMA weights (CPU)."""
+
+    method: str
+    seed: int
+    log_steps: np.ndarray
+    beta: np.ndarray
+    loss_total: np.ndarray
+    loss_target: np.ndarray
+    loss_pretrained: np.ndarray
+    schedule_final_beta: float | None
+    ema_state: dict[str, Tensor] = field(repr=False)
+
+
+def record_fields(run: MethodRun, method: str, seed: int, steps: int) -> dict[str, Any]:
+    """The :class:`RunRecord` fields of a finished run of ``steps`` updates."""
+    logs, col = run.logs, run.column
+    return dict(method=method, seed=seed, log_steps=col(logs, "step", np.int64), beta=col(logs, "beta"),
+                loss_total=col(logs, "total"), loss_target=col(logs, "target"),
+                loss_pretrained=col(logs, "pretrained"), schedule_final_beta=run.final_beta(steps),
+                ema_state=ema_state(run.result.ema_model))
 
 
 class TaskRunner(ABC, Generic[TaskT, ConfigT, RunT]):
@@ -162,7 +192,8 @@ class TaskRunner(ABC, Generic[TaskT, ConfigT, RunT]):
         :meth:`run_key` and the device type."""
         method, seed = self.check(task, method, seed, config)
         dev = resolve_device(device)
-        key = {"kind": f"{self.name}-finetune", **self.run_key(task, method, seed, config), "device": dev.type}
+        key = {"kind": f"{self.name}-finetune", **self.run_key(task, method, seed, config),
+               "device": dev.type}
         with self.threads():
             return cached_torch(f"{self.name}-{method}", key,
                                 lambda: self.finetune_uncached(task, method, seed, config, dev))

@@ -28,7 +28,7 @@ evaluation budget. The evaluation helpers of the notebooks are in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -40,12 +40,14 @@ from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein
 from gftlib.experiments.methods import METHODS, MethodRun, check_methods
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.tasks.budget import FinetuneConfig
-from gftlib.experiments.tasks.runner import TaskRunner, ema_state, load_weights, pretrain_source, single_thread
+from gftlib.experiments.tasks.runner import (RunRecord, TaskRunner, load_weights, pretrain_source,
+                                             record_fields, single_thread)
 from gftlib.gft.objectives import FlowMatchingObjective
 from gftlib.models import build_model
 from gftlib.solvers.samplers import FIXED_STEP_METHODS, sample_ode
 from gftlib.training.loop import TrainConfig
-from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
+from gftlib.validation import (check_choice, check_finite_number, check_int_fields, check_positive_int,
+                               resolve_device)
 
 __all__ = [
     "PROFILE_TABLE",
@@ -154,10 +156,9 @@ class Task2D:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         put("source", check_choice("source", self.source, DISTRIBUTIONS_2D))
         put("target", check_choice("target", self.target, DISTRIBUTIONS_2D))
-        for name, minimum in (("n_target_pool", 2), ("n_heldout", 2), ("n_eval", 2), ("n_source", 2),
-                              ("hidden", 1), ("depth", 1), ("time_features", 1), ("pretrain_steps", 1),
-                              ("pretrain_batch", 1), ("eval_steps", 1)):
-            put(name, check_positive_int(name, getattr(self, name), minimum=minimum))
+        check_int_fields(self, {"n_target_pool": 2, "n_heldout": 2, "n_eval": 2, "n_source": 2, "hidden": 1,
+                                "depth": 1, "time_features": 1, "pretrain_steps": 1, "pretrain_batch": 1,
+                                "eval_steps": 1})
         put("n_target", check_positive_int("n_target", self.n_target, minimum=2))
         if self.n_target > self.n_target_pool:
             raise ValueError(f"n_target must be an integer in [2, n_target_pool={self.n_target_pool}] "
@@ -257,8 +258,8 @@ def pretrain(task: Task2D, *, device: str | torch.device = "cpu") -> nn.Module:
     """The source model: CFM (independent coupling) on ``task.source_train()`` from a random init
     seeded with ``task.seed``; returns the EMA network (eval mode, on the CPU). Cached."""
     dev = resolve_device(device)
-    objective = lambda: FlowMatchingObjective(task.source_train(), batch_size=task.pretrain_batch,  # noqa: E731
-                                              coupling="independent", seed=task.seed)
+    objective = lambda: FlowMatchingObjective(  # noqa: E731
+        task.source_train(), batch_size=task.pretrain_batch, coupling="independent", seed=task.seed)
     key = {"kind": "tasks2d-pretrain", "task": task.pretrain_key(), "device": dev.type}
     with single_thread():
         state = pretrain_source(task, objective, name="tasks2d-pretrain", key=key, device=dev)
@@ -271,14 +272,11 @@ def load_model(task: Task2D, state: Mapping[str, Tensor], *, device: str | torch
 
 
 @dataclass(frozen=True)
-class FinetuneRun:
-    """One fine-tuning run. Evaluation arrays share ``eval_steps`` (E,) with step 0 = the initial
-    model; dopri arrays share ``dopri_steps``; loss arrays share ``log_steps`` (means over each log
-    interval; ``beta`` is the temperature at the logged step). ``schedule_final_beta``: beta at the
-    last update (None without a schedule). ``ema_state``: the final EMA weights (CPU)."""
+class FinetuneRun(RunRecord):
+    """One fine-tuning run of the 2-D task: :class:`~gftlib.experiments.tasks.runner.RunRecord` plus
+    evaluation arrays sharing ``eval_steps`` (E,) with step 0 = the initial model (``w2``,
+    ``path_length``, ``straightness``) and dopri arrays sharing ``dopri_steps``."""
 
-    method: str
-    seed: int
     eval_steps: np.ndarray
     w2: np.ndarray
     path_length: np.ndarray
@@ -286,13 +284,6 @@ class FinetuneRun:
     dopri_steps: np.ndarray
     dopri_nfe: np.ndarray
     dopri_w2: np.ndarray
-    log_steps: np.ndarray
-    beta: np.ndarray
-    loss_total: np.ndarray
-    loss_target: np.ndarray
-    loss_pretrained: np.ndarray
-    schedule_final_beta: float | None
-    ema_state: dict[str, Tensor] = field(repr=False)
 
     @property
     def final_w2(self) -> float:
@@ -353,17 +344,14 @@ class Toy2DRunner(TaskRunner[Task2D, FinetuneConfig, FinetuneRun]):
 
     def collect(self, task: Task2D, method: str, seed: int, config: FinetuneConfig, run: MethodRun,
                 device: torch.device) -> FinetuneRun:
-        evals, logs, col = run.evals, run.logs, run.column
+        evals, col = run.evals, run.column
         dop = [h for h in evals if "dopri_nfe" in h]
         return FinetuneRun(
-            method=method, seed=seed,
-            eval_steps=col(evals, "step", np.int64), w2=col(evals, "w2"), path_length=col(evals, "path_length"),
-            straightness=col(evals, "straightness"),
+            **record_fields(run, method, seed, config.steps),
+            eval_steps=col(evals, "step", np.int64), w2=col(evals, "w2"),
+            path_length=col(evals, "path_length"), straightness=col(evals, "straightness"),
             dopri_steps=col(dop, "step", np.int64), dopri_nfe=col(dop, "dopri_nfe"),
-            dopri_w2=col(dop, "dopri_w2"),
-            log_steps=col(logs, "step", np.int64), beta=col(logs, "beta"), loss_total=col(logs, "total"),
-            loss_target=col(logs, "target"), loss_pretrained=col(logs, "pretrained"),
-            schedule_final_beta=run.final_beta(config.steps), ema_state=ema_state(run.result.ema_model))
+            dopri_w2=col(dop, "dopri_w2"))
 
 
 RUNNER = Toy2DRunner()

@@ -90,9 +90,11 @@ def test_finetune_runs_the_pieces_in_order_and_is_cached(stub_run_method) -> Non
     assert out == {"method": "ft", "seed": 2, "run": "run-ft-2"}
     assert runner.calls == ["pretrained", "train_config", "evaluator", "method_options", "collect"]
     call = stub_run_method[0]
-    assert call["eval_key"] == "score" and call["train_config"].seed == 2 and call["pretrained_model"] is not None
+    assert call["eval_key"] == "score" and call["train_config"].seed == 2
+    assert call["pretrained_model"] is not None
     assert torch.equal(call["target_data"], task.target_train())
-    assert torch.equal(call["new_model"]().weight, task.build_model(seed=2).weight)  # fresh model from the run's seed
+    # a fresh model comes from the run's seed
+    assert torch.equal(call["new_model"]().weight, task.build_model(seed=2).weight)
     runner.calls.clear()
     assert runner.finetune(task, "ft", 2, cfg) == out and runner.calls == []  # from the cache
     runner.finetune(task, "ft", 3, cfg)  # another seed is another run
