@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from gftlib.data import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, check_methods, check_schedule_options, run_method
-from gftlib.experiments.profiles import PROFILES
+from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.diversity import prdc
 from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
@@ -56,6 +56,8 @@ from gftlib.validation import check_choice, check_finite_number, check_positive_
 __all__ = [
     "PROFILE_TABLE",
     "PROFILE_SETTINGS",
+    "DRY_RUN_SIZES",
+    "DRY_RUN_SETTINGS",
     "E1_PAIRS",
     "EULER_STEPS",
     "SCHEDULED_METHODS",
@@ -132,6 +134,15 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "eval_method": "rk4", "eval_steps": 16, "lr": 1e-3, "n_evals": 20, "cache_size": 4096,
               "n_trajectories": 1024, "dopri_fractions": (0.0, 0.25, 0.5, 0.75, 1.0), "n_repeats": 30},
 }
+
+#: Dry-run sizes (``dry_run=True``, :func:`gftlib.experiments.profiles.profile_values`): any
+#: profile's code path at tiny sizes, for the tests. Only sizes: methods, pairs, schedules and the
+#: evaluation solver stay the profile's.
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "n_target": 32, "steps": 6, "batch_size": 16}
+DRY_RUN_SETTINGS: dict[str, Any] = {
+    "hidden": 8, "time_features": 4, "n_source": 64, "pretrain_steps": 4, "pretrain_batch": 32,
+    "n_target_pool": 128, "n_heldout": 64, "n_eval": 64, "eval_steps": 2, "n_evals": 1, "cache_size": 16,
+    "n_trajectories": 8, "n_repeats": 3}
 
 # Cache keys (gftlib.experiments.cache.cached_torch) cover the source of the whole package by default:
 # the runs pass through models, objectives, samplers, metrics and features.
@@ -367,10 +378,11 @@ def resolve_setup(params: Mapping[str, Any]) -> TaskSetup:
     ``params``: the dict of :func:`gftlib.experiments.profiles.resolve_parameters` with ``seed``,
     ``profile``, ``device``, ``n_seeds``, ``source``, ``target``, ``n_target``, ``steps``,
     ``batch_size``, ``beta0``, ``schedule_kind`` and ``methods``. Internal sizes come from
-    :data:`PROFILE_SETTINGS`. Invalid values raise with the library's message.
+    :data:`PROFILE_SETTINGS` (:data:`DRY_RUN_SETTINGS` when ``params["dry_run"]``). Invalid values raise with the library's message.
     """
     profile = check_choice("profile", params["profile"], PROFILES)
-    s = PROFILE_SETTINGS[profile]
+    s = profile_values(PROFILE_SETTINGS, profile, dry_run=params.get("dry_run", False),
+                       dry_run_sizes=DRY_RUN_SETTINGS)
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
     task = Task2D(source=params["source"], target=params["target"], n_target=params["n_target"],
