@@ -57,10 +57,11 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.data import image_patches, load_image_dataset
+from gftlib.experiments import image_checkpoints as IC
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.checks import null_upper_bound
 from gftlib.experiments.methods import METHODS, check_methods, run_method
-from gftlib.experiments.profiles import PROFILES
+from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.experiments.tasks2d import FinetuneConfig
 from gftlib.features import (
     INCEPTION_URL,
@@ -69,8 +70,9 @@ from gftlib.features import (
     extract_features,
     load_inception_features,
 )
+from gftlib.losses import reduction_weight
 from gftlib.metrics import frechet_distance, sliced_wasserstein
-from gftlib.models import UNET_CONFIGS, build_model, count_parameters, unet_config
+from gftlib.models import TORCHCFM_RECIPE, UNET_CONFIGS, build_model, count_parameters, unet_config
 from gftlib.objectives import FlowMatchingObjective
 from gftlib.samplers import sample_ode
 from gftlib.train import AMP_MODES, TrainConfig, train
@@ -80,6 +82,8 @@ from gftlib.validation import (check_choice, check_existing_path, check_finite_n
 __all__ = [
     "PROFILE_TABLE",
     "PROFILE_SETTINGS",
+    "DRY_RUN_SIZES",
+    "DRY_RUN_SETTINGS",
     "DATASETS",
     "NO_TARGET_TERM",
     "QUICK_METHODS",
@@ -122,7 +126,10 @@ QUICK_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-coupling")
 
 #: The notebook's user-facing knobs per profile. ``methods`` is a list of names from METHODS;
 #: ``model_config`` a name in gftlib.models.UNET_CONFIGS or a dict of UNetVelocity overrides
-#: (optionally with "config": base name); ``image_size`` overrides the config's.
+#: (optionally with "config": base name), or "torchcfm" / {"config": "torchcfm", ...} for torchcfm's
+#: UNetModelWrapper (CIFAR-10 architecture + overrides); ``image_size`` overrides the config's.
+#: ``pretrained_checkpoint``: :mod:`gftlib.experiments.image_checkpoints` ("pretrain", a path, or
+#: "required": the paper profile starts from torchcfm's CIFAR-10 release, a path the user gives).
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
     "smoke": {"n_seeds": 1, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 8, "model_config": "tiny", "n_target": 64,
@@ -133,10 +140,14 @@ PROFILE_TABLE: dict[str, dict[str, Any]] = {
               "pretrain_steps": 350, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(QUICK_METHODS), "nfe": 8},
     "paper": {"n_seeds": 3, "dataset": "skimage", "data_root": None, "pretrain_root": None,
-              "inception_weights": None, "image_size": 32, "model_config": "cifar10", "n_target": 5000,
+              "pretrained_checkpoint": IC.REQUIRED,
+              "inception_weights": None, "image_size": 32, "model_config": IC.TORCHCFM, "n_target": 5000,
               "pretrain_steps": 100_000, "steps": 20_000, "batch_size": 128, "beta0": 2.0,
               "schedule_kind": "cosine", "methods": list(METHODS), "nfe": 50},
 }
+
+for _profile in ("smoke", "quick"):  # pretrain the source model here
+    PROFILE_TABLE[_profile]["pretrained_checkpoint"] = IC.PRETRAIN
 
 #: Internal per-profile settings. Sizes: ``n_source`` pretraining images, ``n_heldout`` held-out
 #: target images (H), ``n_eval`` generated images per evaluation (and per reference sample),
@@ -161,6 +172,15 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "n_trajectories": 1024, "time_grid": 32, "feature_width": 64, "feature_depth": 3,
               "n_projections": 512, "amp": "bf16", "eval_chunk": 500},
 }
+
+#: Dry-run sizes (``dry_run=True``, :func:`gftlib.experiments.profiles.profile_values`): a profile's
+#: code path (data source, methods, model kind, checkpoint, schedule) at tiny sizes, for the tests.
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "image_size": 16, "n_target": 16, "pretrain_steps": 2,
+                                 "steps": 2, "batch_size": 4, "nfe": 2}
+DRY_RUN_SETTINGS: dict[str, Any] = {
+    "n_source": 16, "n_heldout": 16, "n_eval": 8, "n_null": 3, "n_loss": 8, "n_curve": 4, "n_evals": 1,
+    "n_grid": 4, "pretrain_batch": 4, "cache_size": 8, "n_trajectories": 4, "time_grid": 2,
+    "feature_width": 8, "n_projections": 16, "eval_chunk": 8}
 
 # Cache keys (gftlib.experiments.cache.cached_torch) cover the source of the whole package by default:
 # the runs pass through models, objectives, samplers, metrics and features.
@@ -206,21 +226,27 @@ def _check_optional_path(name: str, value: Any) -> str | None:
 
 
 def _normalize_model_config(model_config: Any, image_size: int) -> tuple[tuple[str, Any], ...]:
-    """UNetVelocity kwargs (as sorted items, lists made tuples) from a name or a dict of overrides."""
+    """UNetVelocity kwargs (as sorted items, lists made tuples) from a name or a dict of overrides;
+    torchcfm's network ("torchcfm" or {"config": "torchcfm", ...}) adds ``("kind", "torchcfm")``."""
+    if model_config == IC.TORCHCFM or (isinstance(model_config, Mapping)
+                                       and model_config.get("config") == IC.TORCHCFM):
+        extra = {} if isinstance(model_config, str) else {k: v for k, v in model_config.items() if k != "config"}
+        cfg = IC.torchcfm_model_config(extra, image_size)
+        return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()))
     if isinstance(model_config, str):
-        cfg = unet_config(check_choice("model_config", model_config, UNET_CONFIGS))
+        cfg = unet_config(check_choice("model_config", model_config, UNET_CONFIGS + (IC.TORCHCFM,)))
     elif isinstance(model_config, Mapping):
         extra = dict(model_config)
         base = extra.pop("config", None)
         if base is not None:
-            base = check_choice("model_config['config']", base, UNET_CONFIGS)
+            base = check_choice("model_config['config']", base, UNET_CONFIGS + (IC.TORCHCFM,))
         cfg = unet_config(base) if base is not None else {}
         if "image_size" in extra and extra["image_size"] != image_size:
             raise ValueError(f"model_config['image_size']={extra['image_size']!r} conflicts with "
                              f"image_size={image_size}; set image_size only")
         cfg.update(extra)
     else:
-        names = ", ".join(map(repr, UNET_CONFIGS))
+        names = ", ".join(map(repr, UNET_CONFIGS + (IC.TORCHCFM,)))
         raise TypeError(f"model_config must be a UNet config name ({names}) or a "
                         f"dict of UNetVelocity arguments, got {model_config!r}")
     cfg["image_size"] = image_size
@@ -253,6 +279,7 @@ class ImageTask:
     dataset: str = "skimage"
     data_root: str | None = None
     pretrain_root: str | None = None
+    pretrained_checkpoint: str | None = None
     image_size: int = 16
     model_config: tuple[tuple[str, Any], ...] = ()
     n_target: int = 256
@@ -281,6 +308,7 @@ class ImageTask:
         put("dataset", _check_dataset(self.dataset))
         put("data_root", _check_optional_path("data_root", self.data_root))
         put("pretrain_root", _check_optional_path("pretrain_root", self.pretrain_root))
+        put("pretrained_checkpoint", _check_optional_path("pretrained_checkpoint", self.pretrained_checkpoint))
         if self.dataset == "skimage" and self.data_root is not None:
             raise ValueError(f"data_root is only used with dataset 'cifar10' or 'wilds-<name>'; dataset "
                              f"'skimage' needs none, got data_root={self.data_root!r}")
@@ -314,12 +342,28 @@ class ImageTask:
                              f"{2 ** (self.feature_depth - 1)} pixels, got image_size={self.image_size}")
         if not self.model_config:
             put("model_config", _normalize_model_config("tiny", self.image_size))
+        if self.pretrained_checkpoint is not None:
+            if self.model_kind != IC.TORCHCFM:
+                raise ValueError(f"pretrained_checkpoint={self.pretrained_checkpoint!r} is a torchcfm checkpoint: "
+                                 f"model_config must be 'torchcfm' or {{'config': 'torchcfm', ...}} (its "
+                                 f"architecture), got a gftlib UNet config")
+            if self.pretrain_root is None:
+                raise ValueError("pretrained_checkpoint needs pretrain_root: the local CIFAR-10 folder the "
+                                 "checkpoint was trained on (its test split is the held-out source set of the "
+                                 "source references), got None")
 
     # -- description
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["model_config"] = dict(self.model_config)
+        if self.pretrained_checkpoint is not None:  # cache keys follow the file's content
+            d["pretrained_checkpoint_sha256"] = IC.checkpoint_sha256(self.pretrained_checkpoint)
         return d
+
+    @property
+    def model_kind(self) -> str:
+        """"unet" (gftlib's UNetVelocity) or "torchcfm" (torchcfm's UNetModelWrapper)."""
+        return dict(self.model_config).get("kind", "unet")
 
     @property
     def downsample(self) -> int:
@@ -339,10 +383,10 @@ class ImageTask:
         return (3, self.image_size, self.image_size)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return dict(self.model_config)
+        return {k: v for k, v in self.model_config if k != "kind"}
 
     def build_model(self, *, seed: int | None = None) -> nn.Module:
-        return build_model("unet", seed=seed, **self.model_kwargs())
+        return build_model(self.model_kind, seed=seed, **self.model_kwargs())
 
     def pretrain_key(self) -> dict[str, Any]:
         """Fields that determine the pretrained model (target-side fields excluded)."""
@@ -350,6 +394,9 @@ class ImageTask:
                 "pretrain_batch", "pretrain_lr", "pretrain_coupling", "amp")
         d = {k: getattr(self, k) for k in keys}
         d["model_config"] = dict(self.model_config)
+        if self.pretrained_checkpoint is not None:  # loaded, not trained: only the file and network count
+            d = {"pretrained_checkpoint_sha256": IC.checkpoint_sha256(self.pretrained_checkpoint),
+                 "model_config": d["model_config"]}
         return d
 
     # -- source
@@ -372,7 +419,8 @@ class ImageTask:
             image_patches("natural", size=self.image_size, n=1, downsample=self.downsample,
                           train_fraction=_SOURCE_TRAIN_FRACTION)
         else:
-            self.source_train()
+            if self.pretrained_checkpoint is None:  # a checkpoint is not pretrained here
+                self.source_train()
             self.source_reference()
         if self.dataset == "skimage":
             image_patches("ihc", size=self.image_size, n=1, downsample=self.downsample,
@@ -475,13 +523,16 @@ class ImageTask:
 class ImageFinetuneConfig(FinetuneConfig):
     """The 2-D task's fine-tuning budget plus the image settings: drift-cache ``time_grid``, the
     pretrained sampler's ``solver_steps`` (Euler; the caches use it), ``amp`` ("none" | "bf16"),
-    ``n_curve`` images for the sliced-W2 curve over training; no dopri5 evaluations by default."""
+    ``n_curve`` images for the sliced-W2 curve over training; no dopri5 evaluations by default;
+    ``loss_reduction`` of the training losses (gftlib.losses.LOSS_REDUCTIONS: "sum" over a sample's
+    dimensions, or torchcfm's "mean" over all elements)."""
 
     dopri_fractions: tuple[float, ...] = ()
     time_grid: int = 8
     solver_steps: int = 8
     amp: str = "none"
     n_curve: int = 64
+    loss_reduction: str = "sum"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -490,6 +541,7 @@ class ImageFinetuneConfig(FinetuneConfig):
         put("solver_steps", check_positive_int("solver_steps", self.solver_steps))
         put("amp", check_choice("amp", self.amp, AMP_MODES))
         put("n_curve", check_positive_int("n_curve", self.n_curve, minimum=2))
+        reduction_weight(self.loss_reduction, (1,))  # validates the name
 
     def method_options(self, seed: int) -> dict[str, Any]:
         return {**super().method_options(seed), "time_grid": self.time_grid, "solver_method": "euler",
@@ -528,7 +580,11 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
     (FileNotFoundError naming a missing path), and checks ``n_target`` / the local set's size.
     """
     profile = check_choice("profile", params["profile"], PROFILES)
-    s = PROFILE_SETTINGS[profile]
+    s = profile_values(PROFILE_SETTINGS, profile, dry_run=params.get("dry_run", False),
+                       dry_run_sizes=DRY_RUN_SETTINGS)
+    checkpoint = IC.check_pretrained_checkpoint(params.get("pretrained_checkpoint", IC.PRETRAIN))
+    if checkpoint is not None:  # fine-tuning torchcfm's network: torchcfm's optimiser and loss scale
+        s = {**s, "lr": TORCHCFM_RECIPE["lr"], "ema_decay": TORCHCFM_RECIPE["ema_decay"]}
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
     device = resolve_device(params["device"])
@@ -537,7 +593,7 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
     amp = s["amp"] if device.type == "cuda" else "none"
     task = ImageTask(
         dataset=params["dataset"], data_root=params["data_root"], pretrain_root=params["pretrain_root"],
-        image_size=image_size, model_config=_normalize_model_config(params["model_config"], image_size),
+        pretrained_checkpoint=checkpoint, image_size=image_size, model_config=_normalize_model_config(params["model_config"], image_size),
         n_target=params["n_target"], n_source=s["n_source"], n_heldout=s["n_heldout"], n_eval=s["n_eval"],
         n_null=s["n_null"], n_loss=s["n_loss"], n_grid=s["n_grid"], patch_crop=s["patch_crop"],
         seed=params["seed"], pretrain_steps=params["pretrain_steps"], pretrain_batch=s["pretrain_batch"],
@@ -552,7 +608,8 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
         steps=steps, batch_size=params["batch_size"], lr=s["lr"], ema_decay=s["ema_decay"],
         beta0=params["beta0"], schedule_kind=params["schedule_kind"], cache_size=s["cache_size"],
         n_trajectories=s["n_trajectories"], n_evals=min(s["n_evals"], steps), time_grid=s["time_grid"],
-        solver_steps=nfe, amp=amp, n_curve=min(s["n_curve"], task.n_eval))
+        solver_steps=nfe, amp=amp, n_curve=min(s["n_curve"], task.n_eval),
+        loss_reduction="sum" if checkpoint is None else TORCHCFM_RECIPE["loss_reduction"])
     if config.batch_size > task.n_target:
         raise ValueError(f"batch_size must be <= n_target={task.n_target} (one batch of distinct target "
                          f"images), got {config.batch_size}")
@@ -571,8 +628,11 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
 # --------------------------------------------------------------------------------------------- training
 def pretrain(task: ImageTask, *, device: str | torch.device = "cpu") -> nn.Module:
     """The source model: CFM (``task.pretrain_coupling``) on ``task.source_train()`` from a random
-    init seeded with ``task.seed``; returns the EMA network (eval mode, no gradients, CPU). Cached."""
+    init seeded with ``task.seed``; returns the EMA network (eval mode, no gradients, CPU). Cached.
+    With ``task.pretrained_checkpoint``: that checkpoint's EMA network instead (nothing is trained)."""
     dev = resolve_device(device)
+    if task.pretrained_checkpoint is not None:
+        return IC.load_checkpoint_model(task.pretrained_checkpoint, task.model_kwargs())
 
     def build() -> dict[str, Any]:
         model = task.build_model(seed=task.seed)
@@ -705,6 +765,7 @@ def _finetune_uncached(task: ImageTask, method: str, seed: int, config: ImageFin
                      new_model=lambda: task.build_model(seed=seed),
                      evaluate=_curve_evaluator(task, config, device),
                      eval_key="curve_sw", train_config=cfg, device=device, chunk_size=task.eval_chunk,
+                     time_weight=reduction_weight(config.loss_reduction, task.shape),
                      **config.method_options(seed))
     evals, logs, col = run.evals, run.logs, run.column
     return ImageRun(
@@ -733,8 +794,8 @@ def finetune(task: ImageTask, method: str, seed: int, config: ImageFinetuneConfi
     task_key = task.as_dict()
     if method == "scratch":  # the pretrained model plays no part
         for k in ("pretrain_root", "n_source", "pretrain_steps", "pretrain_batch", "pretrain_lr",
-                  "pretrain_coupling"):
-            task_key.pop(k)
+                  "pretrain_coupling", "pretrained_checkpoint", "pretrained_checkpoint_sha256"):
+            task_key.pop(k, None)
     key = {"kind": "tasks-images-finetune", "task": task_key, "method": method, "seed": seed,
            "config": config.key_for(method), "device": dev.type}
     return cached_torch(f"tasks-images-{method}", key,
