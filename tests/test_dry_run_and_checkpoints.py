@@ -106,7 +106,7 @@ def test_pretrained_checkpoint_values_fail_fast_naming_the_parameter(tmp_path):
                                          + re.escape(IC.TORCHCFM_RELEASE)):
         TI.resolve_setup(_params())  # the paper profile's value
     missing = tmp_path / "nope.pt"
-    with pytest.raises(FileNotFoundError, match="pretrained_checkpoint: no such file: " + re.escape(str(missing))):
+    with pytest.raises(FileNotFoundError, match="pretrained_checkpoint must be 'pretrain' or an existing.*no such file: " + re.escape(str(missing))):
         TI.resolve_setup(_params(pretrained_checkpoint=str(missing)))
     with pytest.raises(TypeError, match="pretrained_checkpoint must be 'pretrain' or a local"):
         IC.check_pretrained_checkpoint(3)

@@ -11,8 +11,10 @@ What is asserted, per kind of output:
 - every cell ran, ``report.finalize()`` included (papermill raises otherwise), and the results JSON
   records ``profile == "paper"`` and ``dry_run == True``;
 - every figure the notebook registered exists as a non-empty PNG and PDF;
-- checks: each record is well formed (a finite threshold or +-inf, an operator, a reason) and its
-  ``passed`` flag is exactly ``value <op> threshold`` (finite value); whether it passes is NOT
+- checks: each record is well formed (a threshold that is a number, not NaN; an operator; a reason)
+  and its ``passed`` flag is exactly ``value <op> threshold`` (finite value); their number may be 0
+  (a notebook reports rather than asserts a check without power at its sizes, e.g. E4 at these
+  sizes); whether a check passes is NOT
   asserted: thresholds (null bounds, standard errors, tolerances) assume the profile's sizes, and at
   dry-run sizes a statistical check may fail legitimately. Their passing is what the smoke test
   (tests/test_notebooks_smoke.py, all checks must pass) and ``make figures`` assert. In a dry run
@@ -111,7 +113,6 @@ def test_paper_profile_runs_to_the_end_at_dry_run_sizes(notebook: Path, tmp_path
     for fig in result["figures"]:
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 0
         assert (tmp_path / "figures" / f"{fig}.pdf").stat().st_size > 0
-    assert result["checks"], "no check was recorded"
     for check in result["checks"]:
         check_record_is_consistent(check)
     assert result["all_checks_passed"] is all(c["passed"] for c in result["checks"])

@@ -59,8 +59,8 @@ def check_pretrained_checkpoint(value: Any) -> str | None:
                         f"got {value!r}")
     path = Path(value).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained_checkpoint: no such file: {path} (a torchcfm release checkpoint "
-                                f"such as {TORCHCFM_RELEASE}; or {PRETRAIN!r} to pretrain here)")
+        raise FileNotFoundError(f"pretrained_checkpoint must be {PRETRAIN!r} or an existing torchcfm checkpoint "
+                                f"file (such as {TORCHCFM_RELEASE}); no such file: {path}")
     return str(path)
 
 
