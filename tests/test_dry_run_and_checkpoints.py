@@ -17,7 +17,8 @@ from gftlib.experiments.report import ChecksFailed, Report
 from gftlib.models import TORCHCFM_RECIPE, TorchCFMVelocity
 
 TABLE = {"smoke": {"steps": 3, "kind": "a"}, "quick": {"steps": 30, "kind": "b"}, "paper": {"steps": 3000, "kind": "c"}}
-SMALL = {"num_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2], "attention_resolutions": "8",
+SIZE = TI.DRY_RUN_SIZES["image_size"]
+SMALL = {"num_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2], "attention_resolutions": "4",
          "num_heads": 2, "num_head_channels": 16, "dropout": 0.0}
 
 
@@ -69,7 +70,7 @@ def test_failed_checks_raise_except_in_a_dry_run(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------ E2 checkpoint
-def _release(path: Path, size: int = 16, seed: int = 3) -> tuple[Path, torch.nn.Module]:
+def _release(path: Path, size: int = SIZE, seed: int = 3) -> tuple[Path, torch.nn.Module]:
     from torchcfm.models.unet.unet import UNetModelWrapper
 
     torch.manual_seed(seed)
@@ -127,7 +128,7 @@ def test_e2_starts_from_the_checkpoints_ema_weights_with_torchcfms_recipe(tmp_pa
     assert (config.lr, config.ema_decay, config.loss_reduction) == (
         TORCHCFM_RECIPE["lr"], TORCHCFM_RECIPE["ema_decay"], TORCHCFM_RECIPE["loss_reduction"])
     pre = TI.pretrain(task)  # loaded, not trained: torchcfm's own network gives the same velocity
-    x, t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, 0.5, 0.9])
+    x, t = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, 0.5, 0.9])
     with torch.no_grad():
         torch.testing.assert_close(pre(x, t), net(t, x), rtol=1e-5, atol=1e-6)
     key = task.as_dict()["pretrained_checkpoint_sha256"]
@@ -135,5 +136,5 @@ def test_e2_starts_from_the_checkpoints_ema_weights_with_torchcfms_recipe(tmp_pa
     assert TI.ImageTask(**{**task.__dict__}).as_dict()["pretrained_checkpoint_sha256"] != key
     _release(ckpt, seed=3)
     run = TI.finetune(task, "ft", task.seed, config)
-    # torchcfm's mean over elements: the CFM loss of a unit-scale model is O(1), not O(D = 768)
+    # torchcfm's mean over elements: the CFM loss of a unit-scale model is O(1), not O(D = 3 SIZE^2)
     assert 0 < float(run.loss_total[0]) < 20, run.loss_total

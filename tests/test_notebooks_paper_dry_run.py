@@ -45,9 +45,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NONET = ROOT / "tests" / "nonet"
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
-#: torchcfm UNetModelWrapper arguments of E2's fake checkpoint (16 x 16 images: TI.DRY_RUN_SIZES).
+#: torchcfm UNetModelWrapper arguments of E2's fake checkpoint (8 x 8 images: TI.DRY_RUN_SIZES;
+#: attention at 4 x 4, as torchcfm's CIFAR-10 network has it one level down).
 SMALL_TORCHCFM = {"num_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2],
-                  "attention_resolutions": "8", "num_heads": 2, "num_head_channels": 16, "dropout": 0.1}
+                  "attention_resolutions": "4", "num_heads": 2, "num_head_channels": 16, "dropout": 0.1}
 
 pytestmark = pytest.mark.slow
 

@@ -175,7 +175,7 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 
 #: Dry-run sizes (``dry_run=True``, :func:`gftlib.experiments.profiles.profile_values`): a profile's
 #: code path (data source, methods, model kind, checkpoint, schedule) at tiny sizes, for the tests.
-DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "image_size": 16, "n_target": 16, "pretrain_steps": 2,
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "image_size": 8, "n_target": 16, "pretrain_steps": 2,
                                  "steps": 2, "batch_size": 4, "nfe": 2}
 DRY_RUN_SETTINGS: dict[str, Any] = {
     "n_source": 16, "n_heldout": 16, "n_eval": 8, "n_null": 3, "n_loss": 8, "n_curve": 4, "n_evals": 1,
