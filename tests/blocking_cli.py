@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-import gftlib.checkpoint as checkpoint_module
-import gftlib.train as train_module
+import gftlib.training.checkpoint as checkpoint_module
+import gftlib.training.loop as train_module
 from gftlib.experiments import train_cli
 
 

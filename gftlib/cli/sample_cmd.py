@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gftlib import distributed as D
+from gftlib.training import distributed as D
 from gftlib.cli import common, weights
 from gftlib.cli.specs import ModelSpec, parse_model_spec
 

@@ -3,7 +3,7 @@
 A notebook builds rows with :func:`compare_claim` and stores the list in
 ``report.numbers["claims"]`` (:func:`gftlib.experiments.tasks2d.record_claims`). Each row holds the
 per-seed values, means, the difference GFT - baseline with its 95 % CI, an effect size and the raw
-p-value (:mod:`gftlib.statistics`). The verdict is *not* decided per notebook:
+p-value (:mod:`gftlib.eval.statistics`). The verdict is *not* decided per notebook:
 :mod:`gftlib.experiments.summary` collects the rows of every results JSON, applies Holm's
 correction across all of them (:func:`apply_holm`) and only then assigns verdicts.
 :func:`apply_holm` on one notebook's rows gives a preview (a smaller family, so it can only be
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gftlib import statistics as S
+from gftlib.eval import statistics as S
 from gftlib.validation import check_choice
 
 __all__ = ["compare_claim", "apply_holm", "claim_hypotheses", "row_key"]

@@ -34,18 +34,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.interpolants import Interpolant
-from gftlib.objectives import (
-    FlowMatchingObjective,
-    Objective,
-    PretrainedCouplingCache,
-    PretrainedDriftCache,
-    ReflowObjective,
-    TargetPathRegularizer,
-)
-from gftlib.couplings import COUPLINGS
+from gftlib.paths.interpolants import Interpolant
+from gftlib.gft.objective import FlowMatchingObjective, Objective
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.gft.reflow import ReflowObjective
+from gftlib.gft.regularizer import TargetPathRegularizer
+from gftlib.paths.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
-from gftlib.train import TrainConfig, TrainResult, train
+from gftlib.training.loop import TrainConfig, TrainResult, train
 from gftlib.validation import (
     check_choice,
     check_finite_number,
@@ -85,7 +82,7 @@ _GFT_LIKE = ("l2-reg", "gft-drift", "gft-coupling")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method ready to train: ``objective`` (gftlib.objectives.Objective), whether the trained
+    """A method ready to train: ``objective`` (gftlib.gft.objective.Objective), whether the trained
     model starts from the pretrained weights, the cooling ``schedule`` (None: beta = 0 throughout)."""
 
     name: str
@@ -170,7 +167,7 @@ def build_method(
     interpolant = Interpolant() if interpolant is None else interpolant
     if not isinstance(interpolant, Interpolant):
         raise TypeError(
-            f"interpolant must be a gftlib.interpolants.Interpolant, got {type(interpolant).__name__}")
+            f"interpolant must be a gftlib.paths.interpolants.Interpolant, got {type(interpolant).__name__}")
     if schedule_options is not None and not isinstance(schedule_options, Mapping):
         raise TypeError(f"schedule_options must be a dict or None, got {type(schedule_options).__name__}")
     check_schedule_options(schedule_options or {})

@@ -18,7 +18,7 @@ t = 1 data; points are ``(n, 2)`` float32.
 - Evaluation (EMA model, fixed evaluation noise; the SDE noise is fixed per task too, so methods are
   compared on common random numbers): exact W2 to the held-out target, path length and straightness
   (of the drift part for SDEs), at the end also the dopri5 NFE (ODE) and the memorisation statistics
-  of :mod:`gftlib.memorization` against the training set and held-out sets of its size.
+  of :mod:`gftlib.eval.memorization` against the training set and held-out sets of its size.
 
 Runs and pretrained models are cached (:func:`gftlib.experiments.cache.cached_torch`).
 """
@@ -34,18 +34,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.data import make_2d
-from gftlib import stability as ST
+from gftlib.data.datasets import make_2d
+from gftlib.eval import stability as ST
 from gftlib.experiments import tasks2d as T2
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import check_methods, run_method
-from gftlib.interpolants import Interpolant
-from gftlib.memorization import closer_to_train_z, memorization
-from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
-from gftlib.objectives import FlowMatchingObjective
-from gftlib.samplers import SampleResult, sample_ode, sample_sde
+from gftlib.paths.interpolants import Interpolant
+from gftlib.eval.memorization import closer_to_train_z, memorization
+from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein2
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.solvers.common import SampleResult
+from gftlib.solvers.ode import sample_ode
+from gftlib.solvers.sde import sample_sde
 from gftlib.schedules import SCHEDULES, make_schedule
-from gftlib.train import TrainConfig, train
+from gftlib.training.loop import TrainConfig, train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",
@@ -257,7 +259,7 @@ def _floors(task: T2.Task2D, n_repeats: int) -> dict[str, float]:
 
 
 def null_memorization(task: T2.Task2D) -> tuple[float, float]:
-    """``(f, z)`` of :func:`gftlib.memorization.closer_to_train_z` for a fresh target sample of the
+    """``(f, z)`` of :func:`gftlib.eval.memorization.closer_to_train_z` for a fresh target sample of the
     evaluation size, independent of the training and held-out sets (the null: E f = 1/2, z ~ N(0, 1))."""
     gen = torch.Generator().manual_seed(task.seed * 100_003 + _SDE_NOISE_ROLE + 2)
     fresh = make_2d(task.target, task.n_eval, generator=gen)
@@ -355,7 +357,7 @@ STABILITY_KEYS: tuple[str, ...] = ("w2_iv", "loss_iv", "spearman", "max_jump", "
 
 
 def curve_stability(runs: Sequence[ScenarioRun], *, early_fraction: float = 0.25) -> dict[str, list[float]]:
-    """Per-seed stability measures (:mod:`gftlib.stability`, lower is more stable for all):
+    """Per-seed stability measures (:mod:`gftlib.eval.stability`, lower is more stable for all):
     ``w2_iv``: instantaneous variance of the W2 curve; ``loss_iv``: of the logged target loss
     (means over log intervals); ``spearman``: Spearman rho of step and W2 (-1: monotone improvement);
     ``max_jump``; ``early_degradation``. Needs an evaluation at step 0 (``Budget.n_evals >= 2``)."""

@@ -8,7 +8,7 @@ noise: their per-unit values are paired, and claims use paired tests over units
 :func:`gftlib.experiments.tasks2d.finetune`.
 
 :func:`unit_metrics` turns a unit's runs into the per-method numbers of the claims (this project's
-measures, THEORY "Measures used by the experiments"; :mod:`gftlib.stability`, :mod:`gftlib.diversity`).
+measures, THEORY "Measures used by the experiments"; :mod:`gftlib.eval.stability`, :mod:`gftlib.eval.diversity`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from gftlib.data import make_2d
-from gftlib.diversity import prdc
+from gftlib.data.datasets import make_2d
+from gftlib.eval.diversity import prdc
 from gftlib.experiments import tasks2d as T2
 from gftlib.experiments.claims import compare_claim
-from gftlib.stability import (
+from gftlib.eval.stability import (
     early_degradation,
     instantaneous_variance,
     max_upward_jump,

@@ -132,7 +132,7 @@ def attribution_text(rows: Sequence[dict[str, Any]], baseline: str = "ft-ot") ->
 
 
 RULE = (
-    "Verdict rule (fixed in advance, `gftlib.statistics`): per row the difference GFT - baseline over "
+    "Verdict rule (fixed in advance, `gftlib.eval.statistics`): per row the difference GFT - baseline over "
     "seeds, tested by a paired t-test when the runs share seeds (same target sample, pretrained model "
     "and training randomness for every method) or Welch's t-test otherwise; *difference* claims test "
     "H0: no difference (two-sided), *equivalence* claims (\"comparable quality\") test H0: |difference| "

@@ -5,16 +5,16 @@ distribution it is fine-tuned to (a pool of ``n_target_pool`` target samples who
 ``n_target`` are the training set, so smaller sets are nested in larger ones), a held-out target
 set that only the evaluation sees, and a fixed batch of evaluation noise. Conventions: t = 0 noise
 (x0 ~ N(0, I)), t = 1 data; points are ``(n, 2)`` float32; every 2-D distribution of
-:mod:`gftlib.data` is standardised (mean 0, variance 1 per coordinate).
+:mod:`gftlib.data.datasets` is standardised (mean 0, variance 1 per coordinate).
 
 :func:`pretrain` trains the MLP velocity field on the source (plain CFM, independent coupling) and
-:func:`finetune` runs one method of :mod:`gftlib.experiments.methods` with :func:`gftlib.train.train`
+:func:`finetune` runs one method of :mod:`gftlib.experiments.methods` with :func:`gftlib.training.loop.train`
 and an evaluation callback that records, on the EMA model, over training:
 
-- ``w2``: exact W2 (:func:`gftlib.metrics.wasserstein2`) between ``n_eval`` samples of the model (the
+- ``w2``: exact W2 (:func:`gftlib.eval.metrics.wasserstein2`) between ``n_eval`` samples of the model (the
   fixed evaluation noise pushed through the fixed solver ``eval_method``/``eval_steps``) and the
   held-out target set;
-- ``path_length`` and ``straightness`` of those paths (:mod:`gftlib.samplers`);
+- ``path_length`` and ``straightness`` of those paths (:mod:`gftlib.solvers.ode`);
 - ``dopri_nfe`` (and ``dopri_w2``): evaluations used by dopri5 at a few checkpoints only.
 
 Both are cached with :func:`gftlib.experiments.cache.cached_torch` (key: every parameter that can
@@ -39,18 +39,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.data import DISTRIBUTIONS_2D, make_2d
+from gftlib.data.datasets import DISTRIBUTIONS_2D, make_2d
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, check_methods, check_schedule_options, run_method
 from gftlib.experiments.profiles import PROFILES, profile_values
-from gftlib.diversity import prdc
-from gftlib.metrics import mean_path_length, mean_straightness, wasserstein2
+from gftlib.eval.diversity import prdc
+from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
-from gftlib.objectives import FlowMatchingObjective
-from gftlib.samplers import FIXED_STEP_METHODS, sample_ode
-from gftlib.stability import early_degradation, max_upward_jump
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.solvers.ode import FIXED_STEP_METHODS, sample_ode
+from gftlib.eval.stability import early_degradation, max_upward_jump
 from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
-from gftlib.train import TrainConfig, train
+from gftlib.rng import seeded_generator, stream_seed
+from gftlib.training.loop import TrainConfig, train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = [
@@ -153,8 +154,8 @@ _ROLES = {"source": 0, "target_pool": 1, "heldout": 2, "eval_noise": 3, "floor":
 
 
 def _generator(seed: int, role: str) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed), _ROLES[role]]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+    """The task's stream for ``role``: seeded with :func:`gftlib.rng.stream_seed` (63 bits)."""
+    return seeded_generator(stream_seed(int(seed), _ROLES[role], bits=63))
 
 
 @contextlib.contextmanager
@@ -174,7 +175,7 @@ def _single_thread() -> Iterator[None]:
 class Task2D:
     """Data, model and pretraining of the 2-D domain-shift task (validated on construction).
 
-    ``source``/``target``: names in :data:`gftlib.data.DISTRIBUTIONS_2D`. ``n_target`` training
+    ``source``/``target``: names in :data:`gftlib.data.datasets.DISTRIBUTIONS_2D`. ``n_target`` training
     samples are the first of a pool of ``n_target_pool`` target samples; ``n_heldout`` held-out target
     samples and ``n_eval`` evaluation noise points are drawn independently; ``seed`` seeds all of them
     (each role its own generator) and the pretraining. The velocity field is an MLP (``hidden``,

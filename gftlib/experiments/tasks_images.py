@@ -7,10 +7,10 @@ Conventions: t = 0 noise (x0 ~ N(0, I)), t = 1 data; images are ``(n, 3, S, S)``
 Data (:class:`ImageTask`, ``dataset``):
 
 - ``"skimage"`` (default, offline): the *target* is patches of scikit-image's immunohistochemistry
-  image (:func:`gftlib.data.image_patches` source ``"ihc"``), training patches from the left half of
+  image (:func:`gftlib.data.datasets.image_patches` source ``"ihc"``), training patches from the left half of
   its columns, held-out patches from the right half (no shared pixel; ``target_train_fraction``).
 - ``"cifar10"`` | ``"wilds-<name>"`` (e.g. ``"wilds-camelyon17"``): the target is that local image
-  set at ``data_root`` (:func:`gftlib.data.load_image_dataset`, split ``"train"``); one seeded random
+  set at ``data_root`` (:func:`gftlib.data.datasets.load_image_dataset`, split ``"train"``); one seeded random
   subset is cut into disjoint training / held-out / reference parts.
 - The *source* (pretraining) is CIFAR-10's training split at ``pretrain_root`` when given (held-out
   source images: its test split), otherwise patches of scikit-image's natural photos (``"natural"``).
@@ -31,10 +31,10 @@ pretrained model's law p_pre is, by definition here, the law of its Euler sample
 Evaluation against the held-out target set H (``n_heldout`` images), with ``n_eval`` generated images
 from a fixed evaluation noise and Euler with ``nfe`` steps:
 
-- Fréchet distance of :class:`gftlib.features.RandomConvFeatures` features (a fixed random conv net;
+- Fréchet distance of :class:`gftlib.eval.features.RandomConvFeatures` features (a fixed random conv net;
   **not FID**, comparable only with itself), and true FID when an Inception network is given;
-- pixel-space sliced W2 (:func:`gftlib.metrics.sliced_wasserstein`, fixed directions);
-- mean path length and straightness of the sampling paths (:mod:`gftlib.samplers`);
+- pixel-space sliced W2 (:func:`gftlib.eval.metrics.sliced_wasserstein`, fixed directions);
+- mean path length and straightness of the sampling paths (:mod:`gftlib.solvers.ode`);
 - a held-out CFM loss on fixed (x0, t) (paired across models) and, over training, the sliced W2 of a
   small sample (``n_curve``) for convergence curves.
 
@@ -56,14 +56,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gftlib.data import image_patches, load_image_dataset
+from gftlib.data.datasets import image_patches, load_image_dataset
 from gftlib.experiments import image_checkpoints as IC
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.checks import null_upper_bound
 from gftlib.experiments.methods import METHODS, check_methods, run_method
 from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.experiments.tasks2d import FinetuneConfig
-from gftlib.features import (
+from gftlib.eval.features import (
     INCEPTION_URL,
     InceptionFeatures,
     RandomConvFeatures,
@@ -71,11 +71,12 @@ from gftlib.features import (
     load_inception_features,
 )
 from gftlib.losses import reduction_weight
-from gftlib.metrics import frechet_distance, sliced_wasserstein
+from gftlib.eval.metrics import frechet_distance, sliced_wasserstein
 from gftlib.models import TORCHCFM_RECIPE, UNET_CONFIGS, build_model, count_parameters, unet_config
-from gftlib.objectives import FlowMatchingObjective
-from gftlib.samplers import sample_ode
-from gftlib.train import AMP_MODES, TrainConfig, train
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.solvers.ode import sample_ode
+from gftlib.rng import seeded_generator, stream_seed
+from gftlib.training.loop import AMP_MODES, TrainConfig, train
 from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
                                resolve_device)
 
@@ -112,7 +113,7 @@ __all__ = [
     "image_grid",
 ]
 
-#: Values of ``dataset`` (any ``"wilds-<name>"`` supported by gftlib.data.load_image_dataset works).
+#: Values of ``dataset`` (any ``"wilds-<name>"`` supported by gftlib.data.datasets.load_image_dataset works).
 DATASETS: tuple[str, ...] = ("skimage", "cifar10", "wilds-camelyon17", "wilds-rxrx1", "wilds-fmow",
                              "wilds-<name>")
 
@@ -192,7 +193,7 @@ _ROLES = {"source": 0, "source_ref": 1, "target_train": 2, "target_heldout": 3, 
 
 
 _PATCH_CHUNK = 4096
-# Column split of the source images (gftlib.data's default 75 % / 25 %). The IHC target uses
+# Column split of the source images (gftlib.data.datasets's default 75 % / 25 %). The IHC target uses
 # ImageTask.target_train_fraction (default 1/2): its right quarter is mostly stroma, so a 75/25 split
 # would make the held-out patches a visibly different distribution (feature FD train vs held-out
 # 4.4 at 16x16, against 0.6 for the halves and 0.008 between two training samples).
@@ -200,13 +201,12 @@ _SOURCE_TRAIN_FRACTION = 0.75
 
 
 def _role_seed(seed: int, role: str, index: int = 0) -> int:
-    seq = np.random.SeedSequence([int(seed), _ROLES[role], int(index)])
-    state = seq.generate_state(1, dtype=np.uint64)[0]
-    return int(state) & ((1 << 62) - 1)
+    """The seed of the task's stream for ``(role, index)``: :func:`gftlib.rng.stream_seed` (62 bits)."""
+    return stream_seed(int(seed), _ROLES[role], int(index))
 
 
 def _role_generator(seed: int, role: str, index: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(_role_seed(seed, role, index))
+    return seeded_generator(_role_seed(seed, role, index))
 
 
 def _check_dataset(dataset: Any) -> str:
