@@ -19,11 +19,11 @@ import torch
 from gftlib.experiments import seeded2d as S2
 from gftlib.experiments.tasks import toy2d as T2
 from gftlib.experiments.methods import check_methods
-from gftlib.experiments.profiles import PROFILES
+from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, Budget, task_for_seed
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
-__all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "ScenarioSetup", "resolve_setup", "claim_rows"]
+__all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "DRY_RUN_SIZES", "DRY_RUN_SETTINGS", "ScenarioSetup", "resolve_setup", "claim_rows"]
 
 #: User-facing knobs of notebooks/e5_scenarios.ipynb per profile.
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
@@ -54,6 +54,13 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "refresh_every": 50, "stress_evals": 20, "em_steps": 64, "n_repeats": 20},
 }
 
+
+#: Dry-run sizes (``dry_run=True``): any profile's scenarios and methods at tiny sizes, for the tests.
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "n_targets": [16, 32], "steps": 6, "batch_size": 8}
+DRY_RUN_SETTINGS: dict[str, Any] = {
+    "hidden": 8, "time_features": 4, "n_source": 64, "pretrain_steps": 4, "pretrain_batch": 32,
+    "n_target_pool": 64, "n_heldout": 32, "n_eval": 32, "eval_steps": 2, "cache_size": 16,
+    "n_trajectories": 8, "refresh_every": 3, "stress_evals": 2, "em_steps": 4, "n_repeats": 2}
 
 @dataclass(frozen=True)
 class ScenarioSetup:
@@ -87,7 +94,8 @@ def _n_targets(value: Any, pool: int) -> tuple[int, ...]:
 
 def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
     """Build and validate E5's tasks and budgets from the resolved notebook parameters."""
-    s = PROFILE_SETTINGS[check_choice("profile", params["profile"], PROFILES)]
+    s = profile_values(PROFILE_SETTINGS, check_choice("profile", params["profile"], PROFILES),
+                       dry_run=params.get("dry_run", False), dry_run_sizes=DRY_RUN_SETTINGS)
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
     if "reflow" in methods or "scratch" in methods:
