@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from gftlib.types import VelocityField
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, check_tensor
@@ -175,6 +174,8 @@ def sample_ode(
     else:  # step control on x alone: the path length must not change the steps (nor the NFE)
         options["norm"] = _x_only_norm
     state0 = (x0, torch.zeros(n, dtype=x0.dtype, device=dev))
+    from torchdiffeq import odeint  # here, not at module level: it imports scipy.integrate (~1 s)
+
     with torch.set_grad_enabled(bool(grad) and torch.is_grad_enabled()):
         xs, ls = odeint(rhs, state0, out_t, method=method, atol=atol, rtol=rtol, options=options)
     x_end, length = xs[-1], ls[-1]
