@@ -3,8 +3,8 @@ consumes at batch 128, so a user sees whether the GPU would starve.
 
 Loader: ``n_images`` random-noise RGB PNG files of 96 x 96 pixels (Camelyon17's patch format; noise
 compresses worst, so decoding is at least as slow as for real patches) in a temporary folder,
-read by :func:`gftlib.image_sources.open_image_source` ("folder", centre crop + resize to 96, values
-in [-1, 1]) through :func:`gftlib.image_sources.image_loader` (batch 128, shuffled) with each worker
+read by :func:`gftlib.data.image_sources.open_image_source` ("folder", centre crop + resize to 96, values
+in [-1, 1]) through :func:`gftlib.data.image_sources.image_loader` (batch 128, shuffled) with each worker
 count. The first batch (worker start-up) is timed apart; ``images_per_s`` is the steady rate over
 the remaining batches.
 
@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from gftlib.fastpath import fast_settings
-from gftlib.image_sources import image_loader, open_image_source
+from gftlib.training.fastpath import fast_settings
+from gftlib.data.image_sources import image_loader, open_image_source
 from gftlib.models import UNetVelocity, count_parameters, unet_config
-from gftlib.objectives import FlowMatchingObjective
-from gftlib.train import TrainConfig, train
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 __all__ = ["DATA_PROFILES", "bench_data", "render_data_markdown"]
 

@@ -7,18 +7,18 @@ Sections (each timed as the median of repeated measurements after warm-up; peak 
    (UNetModelWrapper, ExactOptimalTransportConditionalFlowMatcher, Adam lr 2e-4 with the warm-up
    LambdaLR, gradient clipping 1.0, the example's per-key EMA; fp32). Own code, written from the
    description of examples/images/cifar10/train_cifar10.py.
-2. ``cfm``: gftlib's CFM step (FlowMatchingObjective with exact OT, :func:`gftlib.train.train`) on the
+2. ``cfm``: gftlib's CFM step (FlowMatchingObjective with exact OT, :func:`gftlib.training.loop.train`) on the
    same network configuration and batch: ``fp32`` (plain) and ``fast`` (the device's
-   :func:`gftlib.fastpath.fast_settings` plus :class:`gftlib.prefetch.PrefetchingObjective`), and
+   :func:`gftlib.training.fastpath.fast_settings` plus :class:`gftlib.gft.prefetch.PrefetchingObjective`), and
    ``fast_independent`` (independent coupling), and ``fast_ot_batch`` (prefetched OT at batch 128
    when the profile's batch differs; the OT target is stated there).
 3. ``gft``: GFT steps at beta = 1 (constant schedule), coupling form and drift form, fast settings.
    A GFT step regresses B target and B pretrained samples, so the *per-sample* cost ratio against
    the CFM step is (t_gft / 2B) / (t_cfm / B). Targets: coupling form <= 1.15, drift form <= 1.5.
-4. ``ot``: the exact OT coupling alone (gftlib.couplings.ot_permutation vs torchcfm's OTPlanSampler)
+4. ``ot``: the exact OT coupling alone (gftlib.paths.couplings.ot_permutation vs torchcfm's OTPlanSampler)
    at batch 128 (and at the step's batch), and its share of a step: synchronous, and left on the
    critical path when prefetched (the measured wait for the background solve; target <= 5 %).
-5. ``sampling``: batched Euler sampling at NFE 8 and 32 (gftlib.fastpath.sample_batched, fp32 and
+5. ``sampling``: batched Euler sampling at NFE 8 and 32 (gftlib.training.fastpath.sample_batched, fp32 and
    fast settings; torchcfm's network in a plain Euler loop as the peer), images per second.
 6. ``data``: images/s of the disk image loader at 96 x 96 (PNG folder, per worker count) next to
    the training step's demand at batch 128 (:mod:`benchmarks.dataloader`): does the GPU starve?
@@ -51,14 +51,15 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.dataloader import bench_data, render_data_markdown
-from gftlib.couplings import ot_permutation
+from gftlib.paths.couplings import ot_permutation
 from gftlib.experiments.methods import build_method
-from gftlib.fastpath import fast_settings, sample_batched
+from gftlib.training.fastpath import fast_settings, sample_batched
 from gftlib.io import atomic_write_bytes, atomic_write_json
 from gftlib.models import UNetVelocity, count_parameters, to_fast_layout, unet_config
-from gftlib.objectives import FlowMatchingObjective
-from gftlib.prefetch import PrefetchingObjective
-from gftlib.train import TrainConfig, train
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.gft.prefetch import PrefetchingObjective
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import resolve_device
 
 __all__ = ["PROFILES", "SECTIONS", "run_benchmarks", "machine_info", "main"]
@@ -190,7 +191,7 @@ def _time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeat
 
 class _StepClock:
     """Objective wrapper stamping the start of every ``loss`` call (device synchronised): the gaps
-    between stamps are full training steps of :func:`gftlib.train.train` (batch, forward, backward,
+    between stamps are full training steps of :func:`gftlib.training.loop.train` (batch, forward, backward,
     clipping, optimizer, EMA, bookkeeping)."""
 
     def __init__(self, inner: Any, device: torch.device) -> None:
@@ -396,7 +397,7 @@ def bench_ot(p: dict[str, Any], device: torch.device) -> dict[str, Any]:
         out[key] = {"batch": n, "shape": list(shape), "ours_median_s": statistics.median(ours),
                     "ours_times_s": ours, "ours_peak_memory_mb": ours_mem,
                     "torchcfm_median_s": statistics.median(theirs), "torchcfm_times_s": theirs}
-    out["description"] = ("exact OT on CPU float32 inputs: gftlib.couplings.ot_permutation (float64 "
+    out["description"] = ("exact OT on CPU float32 inputs: gftlib.paths.couplings.ot_permutation (float64 "
                           "GEMM-form cost of centred inputs + scipy linear_sum_assignment) vs torchcfm "
                           "OTPlanSampler('exact').sample_plan (cdist + POT emd + np.random.choice)")
     return out
@@ -443,7 +444,7 @@ def bench_sampling(p: dict[str, Any], profile: str, device: torch.device, fast: 
                                        "channels_last": False, "peak_memory_mb": mem.peak_mb()}
         res[f"nfe_{nfe}"] = entry
     res["description"] = ("batched Euler sampling of the untrained network (cost does not depend on the "
-                          "weights): gftlib.fastpath.sample_batched vs torchcfm's UNet in a plain Euler loop")
+                          "weights): gftlib.training.fastpath.sample_batched vs torchcfm's UNet in a plain Euler loop")
     return res
 
 

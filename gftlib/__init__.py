@@ -14,10 +14,13 @@ The front door: the core API in ``__all__``, one hop from ``import gftlib``::
     x1 = gftlib.sample_ode(model, x0).x
 
 Names are imported on first use (PEP 562), so ``import gftlib`` itself stays cheap (it does not
-import torch). Train with ``gftlib.train.train(model, objective, gftlib.TrainConfig(...))``. Everything else
-lives in the submodules (``gftlib.analytic``, ``gftlib.metrics``, ...; the notebook layer in
-``gftlib.experiments``, which no core module imports). The reference is generated from the
-docstrings: ``make docs``.
+import torch). Train with ``gftlib.train(model, objective, gftlib.TrainConfig(...))``. Everything else
+lives in the subpackages, one concept each: ``gftlib.paths`` (interpolants, couplings),
+``gftlib.solvers`` (ODE/SDE samplers), ``gftlib.gft`` (objectives, pretrained-term caches),
+``gftlib.training`` (loop, checkpoints, preemption, DDP), ``gftlib.models``, ``gftlib.data``,
+``gftlib.eval`` (distances, flow measures, statistics), ``gftlib.theory`` (closed-form ground truth);
+the notebook layer is ``gftlib.experiments``, which no core module imports. The reference is
+generated from the docstrings: ``make docs``.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> submodule that defines it (the one place each name comes from)
+# name -> the subpackage (or single module) that exports it
 _EXPORTS: dict[str, str] = {
     # paths and couplings
-    "Interpolant": "gftlib.interpolants",
-    "PathSample": "gftlib.interpolants",
-    "make_coupling": "gftlib.couplings",
-    "IndependentCoupling": "gftlib.couplings",
-    "ExactOTCoupling": "gftlib.couplings",
-    "SinkhornCoupling": "gftlib.couplings",
+    "Interpolant": "gftlib.paths",
+    "PathSample": "gftlib.paths",
+    "make_coupling": "gftlib.paths",
+    "IndependentCoupling": "gftlib.paths",
+    "ExactOTCoupling": "gftlib.paths",
+    "SinkhornCoupling": "gftlib.paths",
     # losses and cooling schedules
     "cfm_loss": "gftlib.losses",
     "gft_loss": "gftlib.losses",
@@ -44,36 +47,34 @@ _EXPORTS: dict[str, str] = {
     "CoolingSchedule": "gftlib.schedules",
     "default_schedule_options": "gftlib.schedules",
     # samplers
-    "sample_ode": "gftlib.samplers",
-    "sample_sde": "gftlib.samplers",
+    "sample_ode": "gftlib.solvers",
+    "sample_sde": "gftlib.solvers",
     # models
     "MLPVelocity": "gftlib.models",
     "UNetVelocity": "gftlib.models",
     "build_model": "gftlib.models",
-    # the objective builders (target term, pretrained-term caches, reflow) and training. The training
-    # loop itself is ``gftlib.train.train``: the name ``gftlib.train`` is the submodule (Python sets it
-    # on import), so the function cannot also sit at the front door until the loop moves to a package
-    # of its own (issue 13: gftlib/training/).
-    "FlowMatchingObjective": "gftlib.objectives",
-    "PretrainedCouplingCache": "gftlib.objectives",
-    "PretrainedDriftCache": "gftlib.objectives",
-    "ReflowObjective": "gftlib.objectives",
-    "TrainConfig": "gftlib.train",
-    "TrainResult": "gftlib.train",
+    # the objective builders (target term, pretrained-term caches, reflow) and training
+    "FlowMatchingObjective": "gftlib.gft",
+    "PretrainedCouplingCache": "gftlib.gft",
+    "PretrainedDriftCache": "gftlib.gft",
+    "ReflowObjective": "gftlib.gft",
+    "train": "gftlib.training",
+    "TrainConfig": "gftlib.training",
+    "TrainResult": "gftlib.training",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
-    from gftlib.couplings import ExactOTCoupling, IndependentCoupling, SinkhornCoupling, make_coupling
-    from gftlib.interpolants import Interpolant, PathSample
+    from gftlib.paths import (ExactOTCoupling, IndependentCoupling, Interpolant, PathSample, SinkhornCoupling,
+                              make_coupling)
     from gftlib.losses import DriftBatch, cfm_loss, gft_loss
     from gftlib.models import MLPVelocity, UNetVelocity, build_model
-    from gftlib.objectives import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
-                                   ReflowObjective)
-    from gftlib.samplers import sample_ode, sample_sde
+    from gftlib.gft import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
+                            ReflowObjective)
+    from gftlib.solvers import sample_ode, sample_sde
     from gftlib.schedules import CoolingSchedule, default_schedule_options, make_schedule
-    from gftlib.train import TrainConfig, TrainResult
+    from gftlib.training import TrainConfig, TrainResult, train
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gftlib.interpolants import PathSample
+from gftlib.paths.interpolants import PathSample
 from gftlib.types import VelocityField
 from gftlib.validation import check_bool, check_finite_number, check_tensor
 
@@ -129,7 +129,7 @@ def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
     x, target: (n, *shape); t: (n,); weight: None, a (n,) tensor, or a callable w(t) -> (n,).
     ``check_values=False`` skips the data-dependent checks (x, t, target, weight finite; weight
     >= 0), which read values back to the host (a device synchronisation on GPUs); shapes and types
-    are still checked. Meant for batches the library drew itself (see gftlib.objectives).
+    are still checked. Meant for batches the library drew itself (see gftlib.gft.objective).
     """
     check_bool("check_values", check_values)
     w = _checked_inputs(x, t, target, weight, check_values)

@@ -40,8 +40,8 @@ timed() {  # timed NAME CMD...: run, log to $OUT/NAME.log, append the wall time;
 # 1. benchmarks (torchcfm vs gftlib steps, GFT overhead, OT, sampling, data path at 96 px)
 timed bench make -o .venv/.installed bench DEVICE=cuda
 # 2. tests that need (or change behaviour with) a GPU, and the CLI end to end on this machine
-timed tests_gpu "$PY" -m pytest -q -p no:xdist tests/test_fastpath.py tests/test_train.py tests/test_bad_inputs.py \
-    tests/test_cli.py tests/test_cli_recipe.py tests/test_loss_reduction.py tests/test_bench_data.py
+timed tests_gpu "$PY" -m pytest -q -p no:xdist tests/training/test_fastpath.py tests/training/test_train.py tests/core/test_bad_inputs.py \
+    tests/cli/test_cli.py tests/cli/test_cli_recipe.py tests/core/test_loss_reduction.py tests/benchmarks/test_bench_data.py
 
 # 3. the recipe at full size for $STEPS steps
 WORK="$OUT/recipe"

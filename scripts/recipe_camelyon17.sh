@@ -6,7 +6,7 @@
 #
 # Every setting is an environment variable (defaults: the paper-scale run below). Re-running the
 # same command resumes every unfinished step from its --checkpoint-dir; finished steps are skipped.
-# tests/test_cli_recipe.py runs this very script at dry-run size (2 steps, batch 2, random weights).
+# tests/cli/test_cli_recipe.py runs this very script at dry-run size (2 steps, batch 2, random weights).
 set -euo pipefail
 
 CKPT=${CKPT:?set CKPT to torchcfm\'s CIFAR-10 OT-CFM release checkpoint (net_model/ema_model)}

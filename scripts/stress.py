@@ -9,7 +9,7 @@ one line per test (runs / passes, idle and loaded) and writes the counts as JSON
 1 if any run failed (the failing runs' output is kept under ``--log-dir``). Not part of CI.
 
     python scripts/stress.py --runs 30 --loaded-runs 10
-    python scripts/stress.py --runs 3 --loaded-runs 1 tests/test_fastpath.py::test_prefetch_solves_in_a_background_thread
+    python scripts/stress.py --runs 3 --loaded-runs 1 tests/training/test_fastpath.py::test_prefetch_solves_in_a_background_thread
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The audited tests: every test that starts subprocesses, sends signals, uses threads, locks or the
 #: clock (``grep -rn "sleep|monotonic|deadline|Thread|Popen|subprocess|perf_counter" tests``).
 DEFAULT_TESTS: tuple[str, ...] = (
-    "tests/test_reliability_train.py::test_cli_resumes_bit_exactly_after_sigkill",
-    "tests/test_reliability_train.py::test_torchrun_cli_ranks_end_identical",
-    "tests/test_reliability_train.py::test_ddp_matches_single_process_and_resumes",
-    "tests/test_reliability_preempt.py",
-    "tests/test_reliability_files.py",
-    "tests/test_fastpath.py::test_prefetch_records_the_wait_for_each_solve",
-    "tests/test_fastpath.py::test_prefetch_solves_in_a_background_thread",
-    "tests/test_fastpath.py::test_prefetch_training_equals_plain_and_resumes_exactly",
-    "tests/test_bad_inputs.py::test_unknown_notebook_parameter_fails_before_the_kernel_starts",
-    "tests/test_bad_inputs.py::test_cli_rejects_a_parameter_typo_for_a_real_notebook",
-    "tests/test_cli.py",
-    "tests/test_front_door.py",
-    "tests/test_docs_site.py",
-    "tests/test_notebooks_smoke.py::test_network_is_blocked_in_subprocesses",
-    "tests/test_bench_smoke.py",
+    "tests/training/test_reliability_train.py::test_cli_resumes_bit_exactly_after_sigkill",
+    "tests/training/test_reliability_train.py::test_torchrun_cli_ranks_end_identical",
+    "tests/training/test_reliability_train.py::test_ddp_matches_single_process_and_resumes",
+    "tests/training/test_reliability_preempt.py",
+    "tests/core/test_reliability_files.py",
+    "tests/training/test_fastpath.py::test_prefetch_records_the_wait_for_each_solve",
+    "tests/training/test_fastpath.py::test_prefetch_solves_in_a_background_thread",
+    "tests/training/test_fastpath.py::test_prefetch_training_equals_plain_and_resumes_exactly",
+    "tests/core/test_bad_inputs.py::test_unknown_notebook_parameter_fails_before_the_kernel_starts",
+    "tests/core/test_bad_inputs.py::test_cli_rejects_a_parameter_typo_for_a_real_notebook",
+    "tests/cli/test_cli.py",
+    "tests/core/test_front_door.py",
+    "tests/docs/test_docs_site.py",
+    "tests/notebooks/test_notebooks_smoke.py::test_network_is_blocked_in_subprocesses",
+    "tests/benchmarks/test_bench_smoke.py",
 )
 
 

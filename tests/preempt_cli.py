@@ -18,8 +18,8 @@ import os
 import sys
 import time
 
-import gftlib.train as train_module
-from gftlib import preemption
+import gftlib.training.loop as train_module
+from gftlib.training import preemption
 from gftlib.experiments import train_cli
 
 

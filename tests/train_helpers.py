@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gftlib.couplings import CoupledBatch
+from gftlib.paths.couplings import CoupledBatch
 from gftlib.losses import LossTerms
 
 

@@ -6,9 +6,9 @@ paper's setting: a few thousand target images), drawn as a seeded random subset 
 full set (e.g. Camelyon17's 455k patches) is never loaded. Splits (``--split auto``): training
 uses ``train``; evaluation uses a disjoint held-out split: patches ``heldout`` (other image columns),
 CIFAR-10 ``test``, WILDS Camelyon17 ``id_val`` (the training hospitals' held-out patches), other WILDS
-sets ``test``, folders/arrays ``heldout`` (the seeded hash split of :mod:`gftlib.image_sources`).
+sets ``test``, folders/arrays ``heldout`` (the seeded hash split of :mod:`gftlib.data.image_sources`).
 2-D: an independent draw (seed ``data_seed + 1``). Disk images are decoded by ``workers`` DataLoader
-processes (:func:`gftlib.image_sources.image_loader`).
+processes (:func:`gftlib.data.image_sources.image_loader`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _patch_downsample(size: int) -> int:
 def load_data(spec: DataSpec, *, n: int, image_size: int, split: str, seed: int,
               where: dict[str, Any] | None = None, workers: int = 0) -> Tensor:
     """``n`` samples of ``spec`` (see the module docstring); FileNotFoundError/ValueError name the path."""
-    from gftlib import data as gdata
+    from gftlib.data import datasets as gdata
 
     if spec.kind == "2d":
         gen = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
@@ -75,7 +75,7 @@ def _disk_images(spec: DataSpec, *, n: int, image_size: int, split: str, seed: i
     import numpy as np
     from torch.utils.data import Subset
 
-    from gftlib.image_sources import image_loader, open_image_source
+    from gftlib.data.image_sources import image_loader, open_image_source
 
     try:
         source = open_image_source(spec.kind, spec.value, split=split, image_size=image_size, seed=seed,

@@ -3,7 +3,7 @@
 Metrics (``--metrics``, comma-separated):
 
 - ``fd``: Fréchet distance of Gaussians fitted to features: for images the fixed random conv net
-  :class:`gftlib.features.RandomConvFeatures` (seed 0; **not FID**, comparable only with itself),
+  :class:`gftlib.eval.features.RandomConvFeatures` (seed 0; **not FID**, comparable only with itself),
   for 2-D points the points themselves;
 - ``fid``: Fréchet distance of Inception features (images only; ``--inception`` = the local NVlabs
   TorchScript file, never downloaded); images are quantised to uint8 first;
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gftlib import distributed as D
+from gftlib.training import distributed as D
 from gftlib.cli import common
 from gftlib.cli.datasets import load_data, parse_where, resolve_split
 from gftlib.cli.sample_cmd import load_for_sampling
@@ -80,7 +80,7 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
         if args.inception is None or not Path(args.inception).expanduser().is_file():
             raise CLIError("--inception", args.inception,
                            "an existing Inception TorchScript file when --metrics "
-                           "has fid (gftlib never downloads it; see gftlib.features.INCEPTION_URL)")
+                           "has fid (gftlib never downloads it; see gftlib.eval.features.INCEPTION_URL)")
     if args.samples is not None:
         if not Path(args.samples).is_file():
             raise CLIError("--samples", args.samples, "an existing .npz written by `gft sample`")
@@ -101,8 +101,8 @@ def _load_samples(path: str) -> dict[str, Any]:
 
 
 def _fd(x: torch.Tensor, ref: torch.Tensor, args: argparse.Namespace, device: torch.device) -> float:
-    from gftlib.features import RandomConvFeatures, frechet_feature_distance
-    from gftlib.metrics import frechet_distance
+    from gftlib.eval.features import RandomConvFeatures, frechet_feature_distance
+    from gftlib.eval.metrics import frechet_distance
 
     if x.ndim == 2:
         return frechet_distance(x.double(), ref.double())
@@ -114,7 +114,7 @@ def compute_metrics(gen: dict[str, Any], ref: torch.Tensor, metrics: tuple[str, 
                     args: argparse.Namespace,
                     device: torch.device) -> dict[str, float]:
     """The requested metrics of generated ``gen["x"]`` against ``ref`` (same sample shape)."""
-    from gftlib.metrics import sliced_wasserstein, wasserstein2
+    from gftlib.eval.metrics import sliced_wasserstein, wasserstein2
 
     x = gen["x"]
     if x.shape[1:] != ref.shape[1:]:
@@ -126,7 +126,7 @@ def compute_metrics(gen: dict[str, Any], ref: torch.Tensor, metrics: tuple[str, 
     if "fd" in metrics:
         out["fd"] = _fd(x, ref, args, device)
     if "fid" in metrics:
-        from gftlib.features import frechet_feature_distance, load_inception_features
+        from gftlib.eval.features import frechet_feature_distance, load_inception_features
 
         out["fid"] = frechet_feature_distance(x, ref, load_inception_features(args.inception, device=device),
                                               method="eigh")

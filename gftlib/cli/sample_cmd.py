@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gftlib import distributed as D
+from gftlib.training import distributed as D
 from gftlib.cli import common, weights
 from gftlib.cli.specs import ModelSpec, parse_model_spec
 
@@ -65,7 +65,7 @@ def write_grid(path: str, x: Tensor) -> None:
     if x.ndim == 4:
         from PIL import Image
 
-        from gftlib.experiments.tasks_images import image_grid
+        from gftlib.experiments.tasks.images_eval import image_grid
 
         tile = (image_grid(x[:64]) * 255).round().astype(np.uint8)
         buf = io.BytesIO()

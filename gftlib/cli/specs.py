@@ -3,8 +3,8 @@
 Data SPEC (``--data``): ``KIND:VALUE``
 
 ==========================  ===================================================================
-``2d:NAME``                 ``gftlib.data.make_2d(NAME)`` points (n, 2) (NAME in DISTRIBUTIONS_2D)
-``patches:SOURCE``          scikit-image patches ``gftlib.data.image_patches(SOURCE)`` (ihc, natural, ...)
+``2d:NAME``                 ``gftlib.data.datasets.make_2d(NAME)`` points (n, 2) (NAME in DISTRIBUTIONS_2D)
+``patches:SOURCE``          scikit-image patches ``gftlib.data.datasets.image_patches(SOURCE)`` (ihc, natural, ...)
 ``cifar10:ROOT``            ``ROOT/cifar-10-batches-py`` (python batches)
 ``wilds-NAME:ROOT``         WILDS set NAME (camelyon17, rxrx1, fmow, ...) under ``ROOT/NAME_v<version>``
 ``folder:PATH``             a folder of PNG/JPEG images (recursive)
@@ -78,7 +78,7 @@ _DATA_HELP = ("2d:NAME, patches:SOURCE, cifar10:ROOT, wilds-NAME:ROOT (camelyon1
 
 def parse_data_spec(option: str, spec: str) -> DataSpec:
     """Parse and check a data SPEC: the name exists, or the path exists (nothing is read yet)."""
-    from gftlib.data import DISTRIBUTIONS_2D, IMAGE_SOURCES
+    from gftlib.data.datasets import DISTRIBUTIONS_2D, IMAGE_SOURCES
 
     kind, sep, value = str(spec).partition(":")
     if not sep or not value:

@@ -1,4 +1,4 @@
-"""``gft pretrain`` and ``gft finetune``: train a velocity network with gftlib.train.train.
+"""``gft pretrain`` and ``gft finetune``: train a velocity network with gftlib.training.loop.train.
 
 pretrain = the ``scratch`` method (CFM, independent coupling) on a fresh ``--model``; finetune = one
 method of :mod:`gftlib.experiments.methods` started from ``--pretrained`` (``scratch`` there means a
@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from gftlib import distributed as D
+from gftlib.training import distributed as D
 from gftlib.cli import common, weights
 from gftlib.cli.datasets import load_data, parse_where, resolve_split
 from gftlib.cli.specs import CLIError, DataSpec, ModelSpec, parse_data_spec, parse_model_spec
@@ -30,10 +30,10 @@ def _methods() -> tuple[str, ...]:
 
 def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     """The options of pretrain (``finetune=False``) or finetune."""
-    from gftlib.couplings import COUPLINGS
+    from gftlib.paths.couplings import COUPLINGS
     from gftlib.losses import LOSS_REDUCTIONS
     from gftlib.schedules import SCHEDULES
-    from gftlib.train import AMP_MODES
+    from gftlib.training.config import AMP_MODES
 
     p.add_argument("--data", required=True, help="data SPEC (see `gft --help`)")
     if finetune:
@@ -173,7 +173,8 @@ def _method(args, finetune, target, pretrained, reduction, device):
 
 def run(args: argparse.Namespace, *, finetune: bool) -> int:
     """Train and write ``--out`` (see the module docstring)."""
-    from gftlib.train import TrainConfig, train
+    from gftlib.training.config import TrainConfig
+    from gftlib.training.loop import train
 
     checked = prepare(args, finetune=finetune)
     data, spec = checked["data"], checked["model"]

@@ -2,9 +2,10 @@
 
 :data:`PROFILE_TABLE` holds the notebook's user-facing knobs per profile, :data:`PROFILE_SETTINGS`
 the internal sizes (model, pretraining, evaluation). :func:`resolve_setup` builds (and so validates)
-one :class:`gftlib.experiments.tasks2d.Task2D` per seed and the four scenario budgets;
+one :class:`gftlib.experiments.tasks.toy2d.Task2D` per seed and the four scenario budgets;
 :func:`claim_rows` turns per-seed values into claim rows (:func:`gftlib.experiments.claims.compare_claim`,
-paired by seed: every method of a seed shares its target sample, pretrained model and noise).
+paired by seed: every method of a seed shares its target sample, pretrained model and noise; the rows
+are built by :func:`gftlib.experiments.seeded2d.claim_rows`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
-from gftlib.experiments import tasks2d as T2
-from gftlib.experiments.claims import compare_claim
+from gftlib.experiments import seeded2d as S2
+from gftlib.experiments.tasks import toy2d as T2
 from gftlib.experiments.methods import check_methods
 from gftlib.experiments.profiles import PROFILES
 from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, Budget, task_for_seed
@@ -117,12 +118,9 @@ def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
 
 def claim_rows(claim: str, metric: str, better: str, values: Mapping[str, Sequence[float]], *,
                scenario: str, figure: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """One paired claim row per (GFT form, baseline) present in ``values`` ({method: per-seed values})."""
-    rows = []
-    for gft in GFT_FORMS:
-        for base in BASELINES:
-            if gft in values and base in values:
-                rows.append(compare_claim(claim, metric, better, values[gft], values[base], gft_method=gft,
-                                          baseline_method=base, scenario=scenario, figure=figure,
-                                          paired=True, seeds=seeds))
-    return rows
+    """One paired claim row per (GFT form, baseline) present in ``values`` ({method: per-seed values}):
+    :func:`gftlib.experiments.seeded2d.claim_rows` for one difference claim, in E5's order (GFT forms
+    as :data:`gftlib.experiments.scenarios.GFT_FORMS`, baselines as ``BASELINES``)."""
+    spec = {"claim": claim, "metric": metric, "better": better, "figure": figure}
+    return S2.claim_rows([spec], {m: {metric: v} for m, v in values.items()}, scenario=scenario,
+                         seeds=seeds, figure_prefix="", gft_forms=GFT_FORMS, baselines=BASELINES)

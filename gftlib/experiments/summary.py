@@ -132,11 +132,12 @@ def attribution_text(rows: Sequence[dict[str, Any]], baseline: str = "ft-ot") ->
 
 
 RULE = (
-    "Verdict rule (fixed in advance, `gftlib.statistics`): per row the difference GFT - baseline over "
+    "Verdict rule (fixed in advance, `gftlib.eval.statistics`): per row the difference GFT - baseline over "
     "seeds, tested by a paired t-test when the runs share seeds (same target sample, pretrained model "
     "and training randomness for every method) or Welch's t-test otherwise; *difference* claims test "
     "H0: no difference (two-sided), *equivalence* claims (\"comparable quality\") test H0: |difference| "
-    ">= margin (TOST, margin = the metric's own noise floor) and, separately, H0: GFT worse by at most "
+    ">= margin (TOST; the margin is fixed in advance and shown in the row: the metric's evaluation noise "
+    "in E1, a tenth of the source-to-target distance in E2) and, separately, H0: GFT worse by at most "
     "the margin. All hypotheses of all rows form one family, Holm-corrected at alpha = {alpha}. "
     "*reproduced*: GFT significantly better (or equivalent); *not reproduced*: the baseline "
     "significantly better (or GFT worse by more than the margin); *inconclusive* otherwise, and always "

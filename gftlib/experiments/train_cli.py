@@ -9,7 +9,7 @@ batch size is the global batch). Re-running the same command with the same ``--c
 resumes exactly where a killed run stopped; a finished run is not repeated (its final checkpoint
 is loaded and ``--out`` rewritten). A different command on the same directory is refused.
 
-Exit codes: 0 done; 75 (``EX_TEMPFAIL``, :data:`gftlib.preemption.EXIT_PREEMPTED`) preempted:
+Exit codes: 0 done; 75 (``EX_TEMPFAIL``, :data:`gftlib.training.preemption.EXIT_PREEMPTED`) preempted:
 SIGTERM or SIGUSR1 (what SLURM and most schedulers send before a time limit) made the run write a
 checkpoint after the update in progress and stop, without writing ``--out``; rerun the same command
 to resume bit-exactly. Under torchrun every rank exits 75 (torchrun itself then reports the failed
@@ -18,8 +18,8 @@ ranks and their exit code 75 and exits 1). 1: refused because another live run h
 2: bad arguments, each rejected before any work starts with a message naming the flag, the value and
 what is allowed (:func:`check_args`).
 
-Tasks: ``2d``: ``--n-data`` points of ``gftlib.data.make_2d(--dataset)`` (default "moons"), an
-``MLPVelocity(2, --hidden, --depth)``. ``images``: ``gftlib.data.image_patches(--dataset)``
+Tasks: ``2d``: ``--n-data`` points of ``gftlib.data.datasets.make_2d(--dataset)`` (default "moons"), an
+``MLPVelocity(2, --hidden, --depth)``. ``images``: ``gftlib.data.datasets.image_patches(--dataset)``
 (default "natural", train split) at the tiny UNet's 16 x 16 resolution, ``unet_config('tiny')``.
 The data come from ``--data-seed``, the initial weights and the training randomness from ``--seed``.
 
@@ -41,12 +41,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from gftlib import distributed as D
+from gftlib.training import distributed as D
 from gftlib.io import atomic_torch_save, atomic_write_json
 from gftlib.locking import DirectoryBusy
-from gftlib.preemption import EXIT_PREEMPTED, TrainingPreempted
+from gftlib.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from gftlib.schedules import SCHEDULES
-from gftlib.train import AMP_MODES, TrainConfig, train
+from gftlib.training.config import AMP_MODES, TrainConfig
+from gftlib.training import train
 
 __all__ = ["build_parser", "check_args", "main", "load_weights", "TASKS"]
 
@@ -112,7 +113,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _data(args: argparse.Namespace) -> torch.Tensor:
-    from gftlib.data import image_patches, make_2d
+    from gftlib.data.datasets import image_patches, make_2d
 
     if args.task == "2d":
         return make_2d(args.dataset, args.n_data, generator=torch.Generator().manual_seed(args.data_seed))
@@ -138,8 +139,8 @@ def _suffixed(path: Path, rank: int) -> Path:
 def check_args(args: argparse.Namespace) -> None:
     """Reject bad values before any work starts: ``ValueError`` naming the flag, value and what is
     allowed (``main`` turns it into argparse's usage error, exit code 2)."""
-    from gftlib.couplings import COUPLINGS
-    from gftlib.data import DISTRIBUTIONS_2D, IMAGE_SOURCES
+    from gftlib.paths.couplings import COUPLINGS
+    from gftlib.data.datasets import DISTRIBUTIONS_2D, IMAGE_SOURCES
     from gftlib.io import check_output_path
     from gftlib.validation import check_finite_number, check_positive_int, resolve_device
 
