@@ -2,19 +2,22 @@
 
 Each helper validates one parameter where it enters the library and raises a ``ValueError`` (or
 ``TypeError``) whose message names the parameter, the value given and what is allowed, e.g.
-``beta must be a finite number >= 0, got -1.0``.
+``beta must be a finite number >= 0, got -1.0``. It imports torch only when a check needs it,
+so that a command that only parses its arguments (``run_notebooks``) starts without torch.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 __all__ = [
     "check_bool",
@@ -44,7 +47,8 @@ def check_finite_number(
     ``strict=True`` makes the bounds exclusive (``value > minimum``, ``value < maximum``).
     """
     if isinstance(value, bool) or not isinstance(value, Real):
-        if isinstance(value, Tensor) and value.numel() == 1:
+        torch = sys.modules.get("torch")  # a tensor implies torch was imported
+        if torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         else:
             raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
@@ -103,7 +107,9 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
 def check_tensor(name: str, x: Any, *, ndim: int | None = None, min_ndim: int | None = None,
                  finite: bool = True) -> Tensor:
     """Check ``x`` is a floating tensor with the expected rank and (by default) finite entries."""
-    if not isinstance(x, Tensor):
+    import torch
+
+    if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
@@ -127,6 +133,8 @@ def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 
 def check_probability_vector(name: str, w: Sequence[float] | Tensor, *, atol: float = 1e-6) -> Tensor:
     """Return ``w`` as a float64 tensor after checking it is non-negative and sums to one."""
+    import torch
+
     t = torch.as_tensor(w, dtype=torch.float64)
     if t.ndim != 1 or t.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D list of weights, got {w!r}")
@@ -140,6 +148,8 @@ def check_probability_vector(name: str, w: Sequence[float] | Tensor, *, atol: fl
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """Map ``"auto" | "cpu" | "cuda" | "cuda:N"`` to a ``torch.device``; fail if CUDA is absent."""
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -127,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("runs", "loaded_runs", "burners"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(args, name)}")
+    # SIGTERM (e.g. `kill PID`) unwinds like Ctrl-C: the running pytest and the burners are stopped too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     log_dir = Path(args.log_dir)
     counts: dict[str, dict[str, int]] = {}
     for phase, runs, burners in (("idle", args.runs, 0), ("loaded", args.loaded_runs, args.burners)):

@@ -168,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.jobs.isdigit() and int(args.jobs) >= 1):
         parser.error(f"--jobs must be an integer >= 1, got {args.jobs!r}")
     args.jobs = int(args.jobs)
-    try:
-        resolve_device(args.device)
+    try:  # "auto" and "cpu" always resolve; a GPU request is checked against the machine (imports torch)
+        if args.device not in ("auto", "cpu"):
+            resolve_device(args.device)
     except ValueError as err:
         parser.error(f"--device: {err}")
     for flag in ("build", "figures", "results"):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from gftlib.solvers.common import (SampleResult, check_field_output, check_sampler_inputs,
                                    check_trajectory_times, flat_norm, straightness)
@@ -135,6 +134,8 @@ def sample_ode(
     times = _solver_times(method, steps, t0, t1, x0, want_traj, trajectory_times)
     rhs, counter = _counted_rhs(field, n)
     state0 = (x0, torch.zeros(n, dtype=x0.dtype, device=x0.device))
+    from torchdiffeq import odeint  # here, not at module level: it imports scipy.integrate (~1 s)
+
     with torch.set_grad_enabled(bool(grad) and torch.is_grad_enabled()):
         xs, ls = odeint(rhs, state0, times.out, method=method, atol=atol, rtol=rtol,
                         options=_solver_options(method, times.grid))

@@ -50,7 +50,7 @@ def test_recipe_at_dry_run_size(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
                CKPT=str(ckpt), WILDS_ROOT=str(wilds), OUT=str(tmp_path / "runs"), SIZES="32",
                METHODS="gft-coupling", STEPS="2", BATCH="2", N_DATA="4", N_EVAL="3", NFE="2", N_GRID="4", CACHE="2",
-               TRAJ="2", TIME_GRID="2", SOLVER_STEPS="2", CKPT_EVERY="1", GFT=f"{sys.executable} -m gftlib",
+               TRAJ="2", TIME_GRID="2", SOLVER_STEPS="2", CKPT_EVERY="2", GFT=f"{sys.executable} -m gftlib",
                EXTRA="--no-progress --device cpu")
     run = subprocess.run(["bash", str(ROOT / "scripts" / "recipe_camelyon17.sh")], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=1500)

@@ -154,7 +154,9 @@ class Pipes:
             os.close(fd)
 
 
-COMMON = ["--task", "2d", "--method", "scratch", "--steps", "60", "--batch-size", "64", "--seed", "3",
+# 30 steps of 8 batches per epoch: the stop (step 17, CLI; 13, torchrun) is in mid-epoch, past the
+# warm-up and inside the open log interval 11..20 (carried over by the resume).
+COMMON = ["--task", "2d", "--method", "scratch", "--steps", "30", "--batch-size", "64", "--seed", "3",
           "--hidden", "32", "--device", "cpu", "--no-progress", "--log-every", "10", "--n-data", "512",
           "--warmup-steps", "5"]
 
@@ -162,9 +164,9 @@ COMMON = ["--task", "2d", "--method", "scratch", "--steps", "60", "--batch-size"
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", PREEMPT_SIGNALS, ids=lambda s: s.name)
 def test_cli_exits_75_on_a_signal_and_the_same_command_resumes_bit_exactly(tmp_path, sig):
-    stop_at = 37
+    stop_at = 17
     ref_out, out, ck = tmp_path / "ref.pt", tmp_path / "out.pt", tmp_path / "ck"
-    resumable = [*COMMON, "--checkpoint-dir", str(ck), "--checkpoint-every", "25", "--out", str(out)]
+    resumable = [*COMMON, "--checkpoint-dir", str(ck), "--checkpoint-every", "10", "--out", str(out)]
     ref = subprocess.Popen(_cli(*COMMON, "--out", str(ref_out)), env=_env(), cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pipes = Pipes(tmp_path / "pipes", 1)
@@ -185,7 +187,7 @@ def test_cli_exits_75_on_a_signal_and_the_same_command_resumes_bit_exactly(tmp_p
     assert f"preempted by {sig.name} after step {stop_at}" in stderr
     assert json.loads(stdout.strip().splitlines()[-1]) == {
         "preempted": sig.name, "step": stop_at, "checkpoint": str(ck / f"ckpt_{stop_at:08d}.pt")}
-    assert [p.name for p in C.list_checkpoints(ck)] == ["ckpt_00000025.pt", f"ckpt_{stop_at:08d}.pt"]
+    assert [p.name for p in C.list_checkpoints(ck)] == ["ckpt_00000010.pt", f"ckpt_{stop_at:08d}.pt"]
     assert not out.exists()  # a preempted run writes no final weights
 
     done = subprocess.run(_cli(*resumable), env=_env(), cwd=tmp_path, capture_output=True, text=True,
@@ -205,10 +207,10 @@ def _torchrun(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_torchrun_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    """SIGTERM reaches rank 1 only, inside update 23: both ranks agree (collective) to stop after
-    update 23, rank 0 writes that checkpoint, every rank exits 75; torchrun resumes bit-exactly."""
-    stop_at = 23
-    args = [*COMMON[:5], "40", *COMMON[6:], "--checkpoint-every", "10", "--per-rank-out"]
+    """SIGTERM reaches rank 1 only, inside update 13: both ranks agree (collective) to stop after
+    update 13, rank 0 writes that checkpoint, every rank exits 75; torchrun resumes bit-exactly."""
+    stop_at = 13
+    args = [*COMMON[:5], "20", *COMMON[6:], "--checkpoint-every", "10", "--per-rank-out"]
     ref_ck, ck = tmp_path / "ref_ck", tmp_path / "ck"
     ref = subprocess.Popen(_torchrun("-m", "gftlib.experiments.train_cli", *args, "--checkpoint-dir",
                                      str(ref_ck), "--out", str(tmp_path / "ref.pt")),
@@ -231,7 +233,7 @@ def test_torchrun_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path)
     finally:
         pipes.close()
     assert victim.returncode != 0 and re.search(r"exitcode\s*:\s*75\b", stderr), stderr[-4000:]
-    assert [p.name for p in C.list_checkpoints(ck)] == ["ckpt_00000020.pt", f"ckpt_{stop_at:08d}.pt"]
+    assert [p.name for p in C.list_checkpoints(ck)] == ["ckpt_00000010.pt", f"ckpt_{stop_at:08d}.pt"]
     state = C.load_checkpoint(C.latest_checkpoint(ck))
     assert state["step"] == stop_at and state["world_size"] == 2 and len(state["rng"]) == 2
     assert not list(tmp_path.glob("w.rank*.pt"))
