@@ -7,6 +7,6 @@ figure. The notebook cell calls it and saves the result: ``report.savefig(plots.
 "trajectories")``.
 """
 
-from gftlib.experiments.plots import t5_paths
+from gftlib.experiments.plots import t1_girsanov, t2_mixture_minimizer, t3_convergence, t5_paths, walkthrough
 
-__all__ = ["t5_paths"]
+__all__ = ["t1_girsanov", "t2_mixture_minimizer", "t3_convergence", "t5_paths", "walkthrough"]
