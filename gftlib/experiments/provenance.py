@@ -15,12 +15,12 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["plotter", "dotted_name", "names_of", "current_cell", "locate_cell", "figure_function",
-           "provenance_gaps"]
+           "provenance_gaps", "source_file", "figure_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,3 +133,41 @@ def provenance_gaps(doc: dict[str, Any], *, require_cell: bool = True) -> list[s
 def names_of(fns: Iterable[Any]) -> list[str]:
     """Sorted, de-duplicated dotted names of ``fns``."""
     return sorted({dotted_name(f) for f in fns})
+
+
+def source_file(dotted: str) -> str | None:
+    """Repository-relative path of the module that defines ``dotted`` (``None`` if it is not in the repo)."""
+    import importlib.util
+
+    from gftlib.experiments.report import repo_root
+
+    parts = dotted.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:k]))
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin:
+            try:
+                return Path(spec.origin).resolve().relative_to(repo_root()).as_posix()
+            except ValueError:
+                return None
+    return None
+
+
+def figure_table(docs: Mapping[str, dict[str, Any]]) -> str:
+    """Markdown table: every figure of the results ``docs`` ({stem: results JSON}) with links to its PNG,
+    its notebook (and cell) and the plotting function that drew it."""
+    lines = ["| figure | notebook, cell | plotting function |", "|---|---|---|"]
+    for stem, doc in sorted(docs.items()):
+        entries = doc.get("provenance", {}).get("figures", {})
+        for fig in sorted(doc.get("figures", [])):
+            e = entries.get(fig, {})
+            nb = e.get("notebook", f"notebooks/{stem}.ipynb")
+            cell = e.get("cell")
+            fn = e.get("function")
+            path = source_file(fn) if fn else None
+            fn_text = "(not recorded)" if not fn else (f"[`{fn}`]({path})" if path else f"`{fn}`")
+            lines.append(f"| [{fig}](figures/{fig}.png) | [{Path(nb).stem}]({nb}), cell "
+                         f"{'?' if cell is None else cell} | {fn_text} |")
+    return "\n".join(lines)

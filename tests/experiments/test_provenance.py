@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
 from gftlib.eval.metrics import wasserstein2  # noqa: E402
-from gftlib.experiments.provenance import dotted_name, locate_cell, plotter, provenance_gaps  # noqa: E402
+from gftlib.experiments.provenance import (dotted_name, figure_table, locate_cell, plotter,  # noqa: E402
+                                           provenance_gaps)
 from gftlib.experiments.report import Report  # noqa: E402
 
 
@@ -122,3 +123,19 @@ def test_locate_cell_falls_back_to_the_execution_count(tmp_path: Path) -> None:
     assert locate_cell(tmp_path / "a.ipynb", (5, "x = 2")) == {"cell": None, "execution_count": 5}
     assert locate_cell(None, (5, "x = 1")) == {"cell": None, "execution_count": 5}
     assert locate_cell(tmp_path / "a.ipynb", None) == {"cell": None}
+
+
+def test_figure_table_links_figure_notebook_and_function(tmp_path: Path) -> None:
+    from gftlib.experiments.summary import FIGURES_END, FIGURES_START, update_readme
+
+    fn = "gftlib.experiments.plots.t5_paths.trajectories"
+    docs = {"t5_paths": {"figures": ["t5_paths_trajectories", "t5_paths_other"], "provenance": {"figures": {
+        "t5_paths_trajectories": {"notebook": "notebooks/t5_paths.ipynb", "cell": 11, "cell_id": "x", "function": fn}}}}}
+    table = figure_table(docs)
+    assert ("| [t5_paths_trajectories](figures/t5_paths_trajectories.png) | [t5_paths](notebooks/t5_paths.ipynb), "
+            f"cell 11 | [`{fn}`](gftlib/experiments/plots/t5_paths.py) |") in table
+    assert "| [t5_paths_other](figures/t5_paths_other.png) | [t5_paths](notebooks/t5_paths.ipynb), cell ? | " \
+           "(not recorded) |" in table
+    readme = f"intro\n{FIGURES_START}\nold\n{FIGURES_END}\nrest\n"
+    new = update_readme(readme, table, start_marker=FIGURES_START, end_marker=FIGURES_END)
+    assert "old" not in new and table in new and new.endswith(f"{FIGURES_END}\nrest\n")
