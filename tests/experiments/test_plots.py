@@ -35,8 +35,9 @@ def test_every_committed_figure_has_one_plotting_function() -> None:
         fn = getattr(module, fig, None)
         assert callable(fn), f"{name}: no function {module.__name__}.{fig}"
         assert fig in module.__all__
-        assert hasattr(fn, "__wrapped__") and dotted_name(fn) == f"{module.__name__}.{fig}", f"{fig} is no @plotter"
-        assert (ROOT / "notebooks" / f"{stem}.ipynb").read_text().count(f"plots.{module.__name__.rsplit('.', 1)[1]}.{fig}(") == 1
+        assert hasattr(fn, "__wrapped__") and dotted_name(fn) == f"{module.__name__}.{fig}", f"{fig}: no @plotter"
+        call = f"plots.{module.__name__.rsplit('.', 1)[1]}.{fig}("
+        assert (ROOT / "notebooks" / f"{stem}.ipynb").read_text().count(call) == 1, f"{name}: one cell calls {call}"
 
 
 def test_plotter_stamps_the_figure() -> None:

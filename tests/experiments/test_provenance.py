@@ -129,8 +129,9 @@ def test_figure_table_links_figure_notebook_and_function(tmp_path: Path) -> None
     from gftlib.experiments.summary import FIGURES_END, FIGURES_START, update_readme
 
     fn = "gftlib.experiments.plots.t5_paths.trajectories"
-    docs = {"t5_paths": {"figures": ["t5_paths_trajectories", "t5_paths_other"], "provenance": {"figures": {
-        "t5_paths_trajectories": {"notebook": "notebooks/t5_paths.ipynb", "cell": 11, "cell_id": "x", "function": fn}}}}}
+    entry = {"notebook": "notebooks/t5_paths.ipynb", "cell": 11, "cell_id": "x", "function": fn}
+    docs = {"t5_paths": {"figures": ["t5_paths_trajectories", "t5_paths_other"],
+                         "provenance": {"figures": {"t5_paths_trajectories": entry}}}}
     table = figure_table(docs)
     assert ("| [t5_paths_trajectories](figures/t5_paths_trajectories.png) | [t5_paths](notebooks/t5_paths.ipynb), "
             f"cell 11 | [`{fn}`](gftlib/experiments/plots/t5_paths.py) |") in table
