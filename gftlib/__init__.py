@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> submodule that defines it (the one place each name comes from)
+# name -> the subpackage (or single module) that exports it
 _EXPORTS: dict[str, str] = {
     # paths and couplings
-    "Interpolant": "gftlib.paths.interpolants",
-    "PathSample": "gftlib.paths.interpolants",
-    "make_coupling": "gftlib.paths.couplings",
-    "IndependentCoupling": "gftlib.paths.couplings",
-    "ExactOTCoupling": "gftlib.paths.couplings",
-    "SinkhornCoupling": "gftlib.paths.couplings",
+    "Interpolant": "gftlib.paths",
+    "PathSample": "gftlib.paths",
+    "make_coupling": "gftlib.paths",
+    "IndependentCoupling": "gftlib.paths",
+    "ExactOTCoupling": "gftlib.paths",
+    "SinkhornCoupling": "gftlib.paths",
     # losses and cooling schedules
     "cfm_loss": "gftlib.losses",
     "gft_loss": "gftlib.losses",
@@ -47,37 +47,34 @@ _EXPORTS: dict[str, str] = {
     "CoolingSchedule": "gftlib.schedules",
     "default_schedule_options": "gftlib.schedules",
     # samplers
-    "sample_ode": "gftlib.solvers.samplers",
-    "sample_sde": "gftlib.solvers.samplers",
+    "sample_ode": "gftlib.solvers",
+    "sample_sde": "gftlib.solvers",
     # models
     "MLPVelocity": "gftlib.models",
     "UNetVelocity": "gftlib.models",
     "build_model": "gftlib.models",
-    # the objective builders (target term, pretrained-term caches, reflow) and training. The training
-    # loop itself is ``gftlib.training.loop.train``: the name ``gftlib.training.loop`` is the submodule (Python sets it
-    # on import), so the function cannot also sit at the front door until the loop moves to a package
-    # of its own (issue 13: gftlib/training/).
-    "FlowMatchingObjective": "gftlib.gft.objectives",
-    "PretrainedCouplingCache": "gftlib.gft.objectives",
-    "PretrainedDriftCache": "gftlib.gft.objectives",
-    "ReflowObjective": "gftlib.gft.objectives",
-    "train": "gftlib.training.loop",
-    "TrainConfig": "gftlib.training.loop",
-    "TrainResult": "gftlib.training.loop",
+    # the objective builders (target term, pretrained-term caches, reflow) and training
+    "FlowMatchingObjective": "gftlib.gft",
+    "PretrainedCouplingCache": "gftlib.gft",
+    "PretrainedDriftCache": "gftlib.gft",
+    "ReflowObjective": "gftlib.gft",
+    "train": "gftlib.training",
+    "TrainConfig": "gftlib.training",
+    "TrainResult": "gftlib.training",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
-    from gftlib.paths.couplings import ExactOTCoupling, IndependentCoupling, SinkhornCoupling, make_coupling
-    from gftlib.paths.interpolants import Interpolant, PathSample
+    from gftlib.paths import (ExactOTCoupling, IndependentCoupling, Interpolant, PathSample, SinkhornCoupling,
+                              make_coupling)
     from gftlib.losses import DriftBatch, cfm_loss, gft_loss
     from gftlib.models import MLPVelocity, UNetVelocity, build_model
-    from gftlib.gft.objectives import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
-                                   ReflowObjective)
-    from gftlib.solvers.samplers import sample_ode, sample_sde
+    from gftlib.gft import (FlowMatchingObjective, PretrainedCouplingCache, PretrainedDriftCache,
+                            ReflowObjective)
+    from gftlib.solvers import sample_ode, sample_sde
     from gftlib.schedules import CoolingSchedule, default_schedule_options, make_schedule
-    from gftlib.training.loop import TrainConfig, TrainResult, train
+    from gftlib.training import TrainConfig, TrainResult, train
 
 
 def __getattr__(name: str) -> Any:
