@@ -7,15 +7,17 @@ figure. The notebook cell calls it and saves the result: ``report.savefig(plots.
 "trajectories")``.
 """
 
-from gftlib.experiments.plots import (e1_domain_shift_2d, e3_few_step, e4_ablations, e5_scenarios, t1_girsanov,
-                                     t2_mixture_minimizer, t3_convergence, t4_conditional_marginal, t5_paths,
-                                     walkthrough)
+from gftlib.experiments.plots import (e1_domain_shift_2d, e2_image_shift, e3_few_step, e4_ablations,
+                                     e5_scenarios, t1_girsanov, t2_mixture_minimizer, t3_convergence,
+                                     t4_conditional_marginal, t5_paths, walkthrough)
 
 #: Plot module of each notebook stem.
-BY_NOTEBOOK = {"00_walkthrough": walkthrough, "t1_girsanov": t1_girsanov, "t2_mixture_minimizer": t2_mixture_minimizer,
-               "t3_convergence": t3_convergence, "t4_conditional_marginal": t4_conditional_marginal,
-               "t5_paths": t5_paths, "e1_domain_shift_2d": e1_domain_shift_2d, "e3_few_step": e3_few_step,
-               "e4_ablations": e4_ablations, "e5_scenarios": e5_scenarios}
+BY_NOTEBOOK = {"00_walkthrough": walkthrough, "t1_girsanov": t1_girsanov,
+               "t2_mixture_minimizer": t2_mixture_minimizer, "t3_convergence": t3_convergence,
+               "t4_conditional_marginal": t4_conditional_marginal, "t5_paths": t5_paths,
+               "e1_domain_shift_2d": e1_domain_shift_2d, "e2_image_shift": e2_image_shift,
+               "e3_few_step": e3_few_step, "e4_ablations": e4_ablations, "e5_scenarios": e5_scenarios}
 
-__all__ = ["BY_NOTEBOOK", "e1_domain_shift_2d", "e3_few_step", "e4_ablations", "e5_scenarios", "t1_girsanov",
-           "t2_mixture_minimizer", "t3_convergence", "t4_conditional_marginal", "t5_paths", "walkthrough"]
+__all__ = ["BY_NOTEBOOK", "e1_domain_shift_2d", "e2_image_shift", "e3_few_step", "e4_ablations", "e5_scenarios",
+           "t1_girsanov", "t2_mixture_minimizer", "t3_convergence", "t4_conditional_marginal", "t5_paths",
+           "walkthrough"]
