@@ -28,8 +28,9 @@ import torch
 from gftlib.training.fastpath import fast_settings
 from gftlib.data.image_sources import image_loader, open_image_source
 from gftlib.models import UNetVelocity, count_parameters, unet_config
-from gftlib.gft.objectives import FlowMatchingObjective
-from gftlib.training.loop import TrainConfig, train
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 __all__ = ["DATA_PROFILES", "bench_data", "render_data_markdown"]
 

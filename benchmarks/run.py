@@ -56,9 +56,10 @@ from gftlib.experiments.methods import build_method
 from gftlib.training.fastpath import fast_settings, sample_batched
 from gftlib.io import atomic_write_bytes, atomic_write_json
 from gftlib.models import UNetVelocity, count_parameters, to_fast_layout, unet_config
-from gftlib.gft.objectives import FlowMatchingObjective
+from gftlib.gft.objective import FlowMatchingObjective
 from gftlib.gft.prefetch import PrefetchingObjective
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import resolve_device
 
 __all__ = ["PROFILES", "SECTIONS", "run_benchmarks", "machine_info", "main"]

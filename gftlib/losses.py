@@ -129,7 +129,7 @@ def regression_loss(model: VelocityField, x: Tensor, t: Tensor, target: Tensor,
     x, target: (n, *shape); t: (n,); weight: None, a (n,) tensor, or a callable w(t) -> (n,).
     ``check_values=False`` skips the data-dependent checks (x, t, target, weight finite; weight
     >= 0), which read values back to the host (a device synchronisation on GPUs); shapes and types
-    are still checked. Meant for batches the library drew itself (see gftlib.gft.objectives).
+    are still checked. Meant for batches the library drew itself (see gftlib.gft.objective).
     """
     check_bool("check_values", check_values)
     w = _checked_inputs(x, t, target, weight, check_values)

@@ -183,7 +183,7 @@ def check_links(site: Path) -> LinkReport:
                   and not {parts.fragment, unquote(parts.fragment)} & parsed(target).anchors):
                 msg = f"{rel_page}: {link} (no anchor #{parts.fragment} in {target.relative_to(site)})"
                 # pdoc lists a public class's members inherited from a private base it does not render
-                # (objectives._PretrainedCache) as links `#_Base.member` or `#Class.member` without an
+                # (e.g. a `_Base` class) as links `#_Base.member` or `#Class.member` without an
                 # anchor: a pdoc limitation, reported apart (the class itself must have its anchor)
                 frag = unquote(parts.fragment)
                 owner = frag.split(".")[0]

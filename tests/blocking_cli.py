@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import gftlib.training.checkpoint as checkpoint_module
-import gftlib.training.loop as train_module
+import gftlib.training.state as state_module
 from gftlib.experiments import train_cli
 
 
@@ -34,7 +34,7 @@ def main() -> int:
     step, when = int(sys.argv[1]), sys.argv[2]
     if when not in ("after", "during") or sys.argv[3] != "--":
         raise SystemExit("usage: blocking_cli.py STEP {after,during} -- ARGS...")
-    real_save = train_module.save_checkpoint
+    real_save = state_module.save_checkpoint
 
     def save_checkpoint(state, directory, k, **kwargs):
         if k != step:
@@ -57,7 +57,7 @@ def main() -> int:
         finally:
             torch.save = real_torch_save
 
-    train_module.save_checkpoint = save_checkpoint
+    state_module.save_checkpoint = save_checkpoint
     assert checkpoint_module.save_checkpoint is real_save
     return train_cli.main(sys.argv[4:])
 

@@ -3,7 +3,7 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT set; CPU, gloo). Usage: ddp_worker.py OUT_P
 
 Runs (A) an uninterrupted DDP training of the toy objective and (B) the same run crashing at step 6
 on every rank after a checkpoint at step 4, then resumed in the same process group; (C) image CFM
-with the library's own pieces: :class:`gftlib.gft.objectives.FlowMatchingObjective` on a tiny UNet
+with the library's own pieces: :class:`gftlib.gft.objective.FlowMatchingObjective` on a tiny UNet
 (rows-as-drawn pairing, see train_helpers.rows_as_drawn). Every rank writes
 OUT_PREFIX.{A,B,C}.rank{R}.pt with the final model, EMA and history.
 """
@@ -21,9 +21,10 @@ from train_helpers import TinyMLP, ToyObjective, rows_as_drawn, tiny_images, toy
 
 from gftlib.training import distributed as D  # noqa: E402
 from gftlib.models import build_model  # noqa: E402
-from gftlib.gft.objectives import FlowMatchingObjective  # noqa: E402
+from gftlib.gft.objective import FlowMatchingObjective  # noqa: E402
 from gftlib.schedules import make_schedule  # noqa: E402
-from gftlib.training.loop import TrainConfig, train  # noqa: E402
+from gftlib.training.config import TrainConfig  # noqa: E402
+from gftlib.training.loop import train  # noqa: E402
 
 STEPS, BATCH = 8, 64
 

@@ -113,7 +113,7 @@ def generate(model: nn.Module, *, n: int, shape: tuple[int, ...], nfe: int, solv
     ``batch_size``; each finished chunk is saved under ``checkpoint_dir/samples`` and reused on resume."""
     from tqdm.auto import tqdm
 
-    from gftlib.solvers.samplers import sample_ode
+    from gftlib.solvers.ode import sample_ode
 
     model = model.to(device).eval()
     directory = _chunk_dir(checkpoint_dir, fingerprint)

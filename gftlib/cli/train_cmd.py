@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     from gftlib.paths.couplings import COUPLINGS
     from gftlib.losses import LOSS_REDUCTIONS
     from gftlib.schedules import SCHEDULES
-    from gftlib.training.loop import AMP_MODES
+    from gftlib.training.config import AMP_MODES
 
     p.add_argument("--data", required=True, help="data SPEC (see `gft --help`)")
     if finetune:
@@ -173,7 +173,8 @@ def _method(args, finetune, target, pretrained, reduction, device):
 
 def run(args: argparse.Namespace, *, finetune: bool) -> int:
     """Train and write ``--out`` (see the module docstring)."""
-    from gftlib.training.loop import TrainConfig, train
+    from gftlib.training.config import TrainConfig
+    from gftlib.training.loop import train
 
     checked = prepare(args, finetune=finetune)
     data, spec = checked["data"], checked["model"]

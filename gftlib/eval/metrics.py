@@ -277,14 +277,14 @@ def frechet_distance(feat_a: Any, feat_b: Any, *, method: str = "sqrtm") -> floa
 
 
 def mean_path_length(result: Any) -> float:
-    """Mean of ``result.path_length`` over the batch (a :class:`gftlib.solvers.samplers.SampleResult`)."""
+    """Mean of ``result.path_length`` over the batch (a :class:`gftlib.solvers.common.SampleResult`)."""
     if not hasattr(result, "path_length"):
         raise TypeError(f"result must be a SampleResult with path_length, got {type(result).__name__}")
     return float(result.path_length.detach().double().mean())
 
 
 def mean_straightness(result: Any) -> float:
-    """Mean of ``result.straightness`` over the batch (a :class:`gftlib.solvers.samplers.SampleResult`)."""
+    """Mean of ``result.straightness`` over the batch (a :class:`gftlib.solvers.common.SampleResult`)."""
     if not hasattr(result, "straightness"):
         raise TypeError(f"result must be a SampleResult with straightness, got {type(result).__name__}")
     return float(result.straightness.detach().double().mean())

@@ -35,17 +35,15 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.paths.interpolants import Interpolant
-from gftlib.gft.objectives import (
-    FlowMatchingObjective,
-    Objective,
-    PretrainedCouplingCache,
-    PretrainedDriftCache,
-    ReflowObjective,
-    TargetPathRegularizer,
-)
+from gftlib.gft.objective import FlowMatchingObjective, Objective
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.gft.reflow import ReflowObjective
+from gftlib.gft.regularizer import TargetPathRegularizer
 from gftlib.paths.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
-from gftlib.training.loop import TrainConfig, TrainResult, train
+from gftlib.training.config import TrainConfig, TrainResult
+from gftlib.training.loop import train
 from gftlib.validation import (
     check_choice,
     check_finite_number,
@@ -85,7 +83,7 @@ _GFT_LIKE = ("l2-reg", "gft-drift", "gft-coupling")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method ready to train: ``objective`` (gftlib.gft.objectives.Objective), whether the trained
+    """A method ready to train: ``objective`` (gftlib.gft.objective.Objective), whether the trained
     model starts from the pretrained weights, the cooling ``schedule`` (None: beta = 0 throughout)."""
 
     name: str
@@ -158,35 +156,16 @@ def build_method(
     model's device in any case). Cache build cost: the coupling cache runs the pretrained sampler on
     ``cache_size`` points, the drift cache on ``n_trajectories`` (once per refresh).
     """
-    name = check_choice("name", name, METHODS)
-    check_tensor("target_data", target_data, min_ndim=2)
-    batch_size = check_positive_int("batch_size", batch_size)
-    steps = check_positive_int("steps", steps)
-    beta0 = check_finite_number("beta0", beta0, minimum=0.0)
-    seed = check_positive_int("seed", seed, minimum=0)
-    dev = resolve_device(device)
+    name, batch_size, steps, beta0, seed, dev = _check_scalars(name, target_data, batch_size, steps, beta0,
+                                                               seed, device)
     n_items, shape = int(target_data.shape[0]), tuple(target_data.shape[1:])
     target_data = target_data.to(dev)
-    interpolant = Interpolant() if interpolant is None else interpolant
-    if not isinstance(interpolant, Interpolant):
-        raise TypeError(
-            f"interpolant must be a gftlib.paths.interpolants.Interpolant, got {type(interpolant).__name__}")
-    if schedule_options is not None and not isinstance(schedule_options, Mapping):
-        raise TypeError(f"schedule_options must be a dict or None, got {type(schedule_options).__name__}")
-    check_schedule_options(schedule_options or {})
-    check_choice("schedule_kind", schedule_kind, SCHEDULES)  # validated for every method, used by some
-    check_choice("target_coupling", target_coupling, COUPLINGS)
+    interpolant = _check_interpolant(interpolant)
+    _check_schedule_and_coupling(schedule_kind, schedule_options, target_coupling)
     cache_size = n_items if cache_size is None else check_positive_int("cache_size", cache_size)
     n_trajectories = (min(n_items, 1024) if n_trajectories is None
                       else check_positive_int("n_trajectories", n_trajectories))
-
-    if name == "scratch":
-        frozen = None
-    else:
-        if pretrained_model is None:
-            raise ValueError(
-                f"method {name!r} needs pretrained_model (only 'scratch' trains without one), got None")
-        frozen = freeze(pretrained_model, dev)
+    frozen = None if name == "scratch" else _frozen_pretrained(name, pretrained_model, dev)
 
     common = dict(batch_size=batch_size, interpolant=interpolant, diffusion=diffusion,
                   time_weight=time_weight, normalize=normalize, seed=seed)
@@ -196,29 +175,74 @@ def build_method(
     schedule = None
     if name in _GFT_LIKE:
         schedule = make_schedule(schedule_kind, beta0, steps, **dict(schedule_options or {}))
-
-    if name in ("scratch", "ft"):
-        objective: Objective = FlowMatchingObjective(target_data, coupling="independent", **common)
-    elif name == "ft-ot":
-        objective = FlowMatchingObjective(target_data, coupling="ot", **common)
-    elif name == "l2-reg":
-        objective = FlowMatchingObjective(target_data, coupling=target_coupling,
-                                          pretrained=TargetPathRegularizer(frozen), **common)
-    elif name == "gft-drift":
-        term = PretrainedDriftCache(frozen, shape, n_trajectories=n_trajectories, time_grid=time_grid,
-                                    t_eps=interpolant.t_eps, jitter=time_jitter, **cache_common)
-        objective = FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=term, **common)
-    elif name == "gft-coupling":
-        term = PretrainedCouplingCache(frozen, shape, size=cache_size, interpolant=interpolant,
-                                       **cache_common)
-        objective = FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=term, **common)
-    else:  # reflow
-        cache = PretrainedCouplingCache(frozen, shape, size=cache_size, interpolant=interpolant,
-                                        **cache_common)
-        objective = ReflowObjective(cache, batch_size=batch_size, time_weight=time_weight)
-
+    objective = _objective(name, target_data, frozen, shape, common, cache_common,
+                           target_coupling=target_coupling, n_trajectories=n_trajectories,
+                           time_grid=time_grid, time_jitter=time_jitter, cache_size=cache_size)
     return MethodSpec(name=name, objective=objective, init_from_pretrained=name != "scratch",
                       schedule=schedule, description=METHOD_DESCRIPTIONS[name])
+
+
+def _check_scalars(name: str, target_data: Tensor, batch_size: int, steps: int, beta0: float, seed: int,
+                   device: str | torch.device) -> tuple[str, int, int, float, int, torch.device]:
+    """:func:`build_method`'s method name, data, sizes, beta0, seed and device, validated in order."""
+    name = check_choice("name", name, METHODS)
+    check_tensor("target_data", target_data, min_ndim=2)
+    batch_size = check_positive_int("batch_size", batch_size)
+    steps = check_positive_int("steps", steps)
+    beta0 = check_finite_number("beta0", beta0, minimum=0.0)
+    seed = check_positive_int("seed", seed, minimum=0)
+    return name, batch_size, steps, beta0, seed, resolve_device(device)
+
+
+def _check_interpolant(interpolant: Interpolant | None) -> Interpolant:
+    """The conditional path (default: ``Interpolant()``)."""
+    interpolant = Interpolant() if interpolant is None else interpolant
+    if not isinstance(interpolant, Interpolant):
+        raise TypeError(
+            f"interpolant must be a gftlib.paths.interpolants.Interpolant, got {type(interpolant).__name__}")
+    return interpolant
+
+
+def _check_schedule_and_coupling(schedule_kind: str, schedule_options: Mapping[str, Any] | None,
+                                 target_coupling: str) -> None:
+    """The cooling schedule's kind and options and the target coupling, checked for every method."""
+    if schedule_options is not None and not isinstance(schedule_options, Mapping):
+        raise TypeError(f"schedule_options must be a dict or None, got {type(schedule_options).__name__}")
+    check_schedule_options(schedule_options or {})
+    check_choice("schedule_kind", schedule_kind, SCHEDULES)  # validated for every method, used by some
+    check_choice("target_coupling", target_coupling, COUPLINGS)
+
+
+def _frozen_pretrained(name: str, pretrained_model: nn.Module | Callable[[Tensor, Tensor], Tensor] | None,
+                       device: torch.device) -> nn.Module | Callable[[Tensor, Tensor], Tensor]:
+    """The frozen pretrained network of every method but "scratch" (:func:`freeze`)."""
+    if pretrained_model is None:
+        raise ValueError(
+            f"method {name!r} needs pretrained_model (only 'scratch' trains without one), got None")
+    return freeze(pretrained_model, device)
+
+
+def _objective(name: str, target_data: Tensor, frozen: Any, shape: tuple[int, ...], common: dict[str, Any],
+               cache_common: dict[str, Any], *, target_coupling: str, n_trajectories: int,
+               time_grid: int | Tensor, time_jitter: bool, cache_size: int) -> Objective:
+    """The objective of method ``name`` (see the module docstring's table). ``common``: the target
+    term's settings; ``cache_common``: the pretrained-term caches' settings."""
+    interpolant = common["interpolant"]
+    if name in ("scratch", "ft"):
+        return FlowMatchingObjective(target_data, coupling="independent", **common)
+    if name == "ft-ot":
+        return FlowMatchingObjective(target_data, coupling="ot", **common)
+    if name == "l2-reg":
+        return FlowMatchingObjective(target_data, coupling=target_coupling,
+                                     pretrained=TargetPathRegularizer(frozen), **common)
+    if name == "gft-drift":
+        term = PretrainedDriftCache(frozen, shape, n_trajectories=n_trajectories, time_grid=time_grid,
+                                    t_eps=interpolant.t_eps, jitter=time_jitter, **cache_common)
+        return FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=term, **common)
+    cache = PretrainedCouplingCache(frozen, shape, size=cache_size, interpolant=interpolant, **cache_common)
+    if name == "gft-coupling":
+        return FlowMatchingObjective(target_data, coupling=target_coupling, pretrained=cache, **common)
+    return ReflowObjective(cache, batch_size=common["batch_size"], time_weight=common["time_weight"])  # reflow
 
 
 def check_methods(methods: Any) -> tuple[str, ...]:

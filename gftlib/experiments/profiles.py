@@ -12,7 +12,7 @@ from typing import Any
 
 from gftlib.validation import check_choice, check_positive_int
 
-__all__ = ["PROFILES", "resolve_parameters", "seed_global_rngs"]
+__all__ = ["PROFILES", "resolve_parameters"]
 
 PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
 
@@ -31,7 +31,7 @@ def resolve_parameters(
     takes the profile's value. Returns a flat dict with ``seed``, ``profile``, ``device`` and every knob.
 
     Side effect, on purpose: seeds Python's, NumPy's and torch's global random generators with
-    ``seed`` (:func:`seed_global_rngs`), so that anything a notebook draws without an explicit
+    ``seed`` (:func:`gftlib.rng.seed_global_rngs`), so that anything a notebook draws without an explicit
     generator (e.g. a network's initial weights) is reproducible. torch's global generator is
     otherwise seeded at random when the process starts.
     """
@@ -46,22 +46,11 @@ def resolve_parameters(
     unknown = sorted(set(explicit) - set(table))
     if unknown:
         raise ValueError(f"parameters {unknown} have no profile default; known: {sorted(table)}")
+    from gftlib.rng import seed_global_rngs  # here, not at the top: importing the profiles needs no torch
+
     seed_global_rngs(seed)
     params: dict[str, Any] = {"seed": seed, "profile": profile, "device": device}
     for key, default in table.items():
         value = explicit.get(key)
         params[key] = default if value is None else value
     return params
-
-
-def seed_global_rngs(seed: int) -> None:
-    """Seed ``random``, ``numpy.random`` and torch's global generators (CPU and every CUDA device)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    seed = check_positive_int("seed", seed, minimum=0)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -42,10 +42,13 @@ from gftlib.experiments.methods import check_methods, run_method
 from gftlib.paths.interpolants import Interpolant
 from gftlib.eval.memorization import closer_to_train_z, memorization
 from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein2
-from gftlib.gft.objectives import FlowMatchingObjective
-from gftlib.solvers.samplers import SampleResult, sample_ode, sample_sde
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.solvers.common import SampleResult
+from gftlib.solvers.ode import sample_ode
+from gftlib.solvers.sde import sample_sde
 from gftlib.schedules import SCHEDULES, make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",

@@ -14,7 +14,7 @@ and an evaluation callback that records, on the EMA model, over training:
 - ``w2``: exact W2 (:func:`gftlib.eval.metrics.wasserstein2`) between ``n_eval`` samples of the model (the
   fixed evaluation noise pushed through the fixed solver ``eval_method``/``eval_steps``) and the
   held-out target set;
-- ``path_length`` and ``straightness`` of those paths (:mod:`gftlib.solvers.samplers`);
+- ``path_length`` and ``straightness`` of those paths (:mod:`gftlib.solvers.ode`);
 - ``dopri_nfe`` (and ``dopri_w2``): evaluations used by dopri5 at a few checkpoints only.
 
 Both are cached with :func:`gftlib.experiments.cache.cached_torch` (key: every parameter that can
@@ -46,11 +46,13 @@ from gftlib.experiments.profiles import PROFILES
 from gftlib.eval.diversity import prdc
 from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.models import build_model
-from gftlib.gft.objectives import FlowMatchingObjective
-from gftlib.solvers.samplers import FIXED_STEP_METHODS, sample_ode
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.solvers.ode import FIXED_STEP_METHODS, sample_ode
 from gftlib.eval.stability import early_degradation, max_upward_jump
 from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.rng import seeded_generator, stream_seed
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = [
@@ -142,8 +144,8 @@ _ROLES = {"source": 0, "target_pool": 1, "heldout": 2, "eval_noise": 3, "floor":
 
 
 def _generator(seed: int, role: str) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed), _ROLES[role]]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+    """The task's stream for ``role``: seeded with :func:`gftlib.rng.stream_seed` (63 bits)."""
+    return seeded_generator(stream_seed(int(seed), _ROLES[role], bits=63))
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from a fixed evaluation noise and Euler with ``nfe`` steps:
 - Fréchet distance of :class:`gftlib.eval.features.RandomConvFeatures` features (a fixed random conv net;
   **not FID**, comparable only with itself), and true FID when an Inception network is given;
 - pixel-space sliced W2 (:func:`gftlib.eval.metrics.sliced_wasserstein`, fixed directions);
-- mean path length and straightness of the sampling paths (:mod:`gftlib.solvers.samplers`);
+- mean path length and straightness of the sampling paths (:mod:`gftlib.solvers.ode`);
 - a held-out CFM loss on fixed (x0, t) (paired across models) and, over training, the sliced W2 of a
   small sample (``n_curve``) for convergence curves.
 
@@ -71,9 +71,11 @@ from gftlib.eval.features import (
 )
 from gftlib.eval.metrics import frechet_distance, sliced_wasserstein
 from gftlib.models import UNET_CONFIGS, build_model, count_parameters, unet_config
-from gftlib.gft.objectives import FlowMatchingObjective
-from gftlib.solvers.samplers import sample_ode
-from gftlib.training.loop import AMP_MODES, TrainConfig, train
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.solvers.ode import sample_ode
+from gftlib.rng import seeded_generator, stream_seed
+from gftlib.training.config import AMP_MODES, TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import (check_choice, check_existing_path, check_finite_number, check_positive_int,
                                resolve_device)
 
@@ -180,13 +182,12 @@ _SOURCE_TRAIN_FRACTION = 0.75
 
 
 def _role_seed(seed: int, role: str, index: int = 0) -> int:
-    seq = np.random.SeedSequence([int(seed), _ROLES[role], int(index)])
-    state = seq.generate_state(1, dtype=np.uint64)[0]
-    return int(state) & ((1 << 62) - 1)
+    """The seed of the task's stream for ``(role, index)``: :func:`gftlib.rng.stream_seed` (62 bits)."""
+    return stream_seed(int(seed), _ROLES[role], int(index))
 
 
 def _role_generator(seed: int, role: str, index: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(_role_seed(seed, role, index))
+    return seeded_generator(_role_seed(seed, role, index))
 
 
 def _check_dataset(dataset: Any) -> str:

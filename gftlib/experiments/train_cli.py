@@ -46,7 +46,8 @@ from gftlib.io import atomic_torch_save, atomic_write_json
 from gftlib.locking import DirectoryBusy
 from gftlib.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from gftlib.schedules import SCHEDULES
-from gftlib.training.loop import AMP_MODES, TrainConfig, train
+from gftlib.training.config import AMP_MODES, TrainConfig
+from gftlib.training.loop import train
 
 __all__ = ["build_parser", "check_args", "main", "load_weights", "TASKS"]
 

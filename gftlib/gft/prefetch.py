@@ -1,7 +1,7 @@
 """Take the CPU minibatch coupling (exact OT, Sinkhorn) off the training step's critical path.
 
-:class:`PrefetchingObjective` wraps a :class:`gftlib.gft.objectives.FlowMatchingObjective`. The draws of
-one batch come in a fixed order (objectives.py): *head* = data indices, noise x0, times t (and the
+:class:`PrefetchingObjective` wraps a :class:`gftlib.gft.objective.FlowMatchingObjective`. The draws of
+one batch come in a fixed order (objective.py): *head* = data indices, noise x0, times t (and the
 per-rank generator fork), then the coupling, then the *tail* = path noise z and the pretrained
 batch. The wrapper draws batch k+1's head right after batch k's tail, i.e. at exactly the same
 position of every random stream as the plain objective would, and hands the deterministic, CPU-bound
@@ -42,14 +42,8 @@ from torch import Tensor, nn
 
 from gftlib.paths.couplings import CoupledBatch, ExactOTCoupling, SinkhornCoupling, ot_permutation
 from gftlib.losses import LossTerms, gft_loss
-from gftlib.gft.objectives import (
-    FlowMatchingObjective,
-    ObjectiveBatch,
-    _couple,
-    _Head,
-    _model_device,
-    _to_device,
-)
+from gftlib.gft.objective import FlowMatchingObjective, ObjectiveBatch, _couple, _Head
+from gftlib.gft.tensors import model_device, to_device
 
 __all__ = ["PrefetchingObjective", "PREFETCHED_COUPLINGS"]
 
@@ -95,12 +89,12 @@ def _solve(kind: type, coupling: Any, x0: Tensor, x1: Tensor, ready: Any) -> Any
 def _finish_pair(kind: type, result: Any, head: _Head) -> CoupledBatch:
     """The coupling's result from the solved part, exactly as the coupling's __call__ computes it."""
     if kind is ExactOTCoupling:
-        index = _to_device(result, head.x1.device)
+        index = to_device(result, head.x1.device)
         return CoupledBatch(x0=head.x0, x1=head.x1[index], index=index)
     # SinkhornCoupling.__call__: one partner per row drawn from the normalised plan row
     gen = head.local
     plan = torch.as_tensor(result, dtype=torch.float64)
-    probs = _to_device(plan / plan.sum(dim=1, keepdim=True), gen.device)
+    probs = to_device(plan / plan.sum(dim=1, keepdim=True), gen.device)
     index = torch.multinomial(probs, 1, replacement=True, generator=gen).squeeze(1)
     index = index.to(head.x1.device)
     return CoupledBatch(x0=head.x0, x1=head.x1[index], index=index)
@@ -108,10 +102,10 @@ def _finish_pair(kind: type, result: Any, head: _Head) -> CoupledBatch:
 
 class PrefetchingObjective:
     """``PrefetchingObjective(objective)``: the same batches as ``objective`` (a
-    :class:`~gftlib.gft.objectives.FlowMatchingObjective`), with the next batch's exact-OT / Sinkhorn
+    :class:`~gftlib.gft.objective.FlowMatchingObjective`), with the next batch's exact-OT / Sinkhorn
     coupling solved in a background thread while the current step trains (see the module doc).
 
-    Implements the :class:`gftlib.gft.objectives.Objective` protocol (``loss``, ``sample_batch``,
+    Implements the :class:`gftlib.gft.objective.Objective` protocol (``loss``, ``sample_batch``,
     ``state_dict``, ``load_state_dict``, ``set_rank``); pass it to :func:`gftlib.training.loop.train`
     instead of the wrapped objective. ``background_solves`` counts couplings solved in the thread.
     Call :meth:`close` (or use it as a context manager) to stop the thread early; it also stops when
@@ -120,7 +114,7 @@ class PrefetchingObjective:
 
     def __init__(self, objective: FlowMatchingObjective) -> None:
         if not isinstance(objective, FlowMatchingObjective):
-            raise TypeError("objective must be a gftlib.gft.objectives.FlowMatchingObjective, got "
+            raise TypeError("objective must be a gftlib.gft.objective.FlowMatchingObjective, got "
                             f"{type(objective).__name__}")
         self.objective = objective
         kind = type(objective.coupling)
@@ -147,7 +141,7 @@ class PrefetchingObjective:
     def loss(self, model: nn.Module, beta: float, generator: torch.Generator) -> LossTerms:
         """Loss terms of one batch (identical to the wrapped objective's ``loss``)."""
         obj = self.objective
-        batch = self.sample_batch(beta, generator, device=_model_device(model, obj.target_data.device))
+        batch = self.sample_batch(beta, generator, device=model_device(model, obj.target_data.device))
         return gft_loss(model, batch.target, float(beta), batch.pretrained, weight=obj.time_weight,
                         normalize=obj.normalize, check_values=False, fused=obj.fused_forward)
 
@@ -244,8 +238,8 @@ class PrefetchingObjective:
         self._check_generator(generator, pending.generator_after, "the previous call")
         if pending.device != device:
             head = pending.head
-            pending.head = _Head(x0=_to_device(head.x0, device), x1=_to_device(head.x1, device),
-                                 t=_to_device(head.t, device), local=head.local)
+            pending.head = _Head(x0=to_device(head.x0, device), x1=to_device(head.x1, device),
+                                 t=to_device(head.t, device), local=head.local)
         return pending
 
     @staticmethod

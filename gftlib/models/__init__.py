@@ -1,7 +1,7 @@
 """Velocity / drift networks ``model(x, t)`` (``x: (n, *shape)``, ``t: (n,)`` in [0, 1], t = 0 noise).
 
-``MLPVelocity`` for vectors ``(n, d)``, ``UNetVelocity`` for images ``(n, C, H, W)``; named UNet
-presets via :func:`unet_config`; :func:`build_model` builds either from a plain config dict.
+``MLPVelocity`` for vectors ``(n, d)``, ``UNetVelocity`` for images ``(n, C, H, W)`` (its blocks in
+:mod:`gftlib.models.unet_blocks`); named UNet presets via :func:`unet_config`; :func:`build_model` builds either from a plain config dict.
 Models from other libraries: :func:`load_torchcfm` / :func:`save_torchcfm` (torchcfm checkpoints),
 :func:`flow_matching_velocity` (Meta flow_matching) and :class:`VelocityAdapter` (any module).
 """
@@ -20,7 +20,8 @@ from gftlib.models.embeddings import SinusoidalTimeEmbedding, sinusoidal_embeddi
 from gftlib.models.mlp import ACTIVATIONS, MLPVelocity
 from gftlib.models.torchcfm import (TORCHCFM_CIFAR10, TorchCFMVelocity, load_torchcfm, save_torchcfm,
                                    torchcfm_state_dict)
-from gftlib.models.unet import UNET_CONFIGS, UNetVelocity, group_count, to_fast_layout, unet_config
+from gftlib.models.unet import UNET_CONFIGS, UNetVelocity, to_fast_layout, unet_config
+from gftlib.models.unet_blocks import group_count
 from gftlib.validation import check_choice
 
 __all__ = [

@@ -9,7 +9,8 @@ with ``num_res_blocks + 1`` blocks per level that each take the matching encoder
 connection (channel concatenation), nearest-neighbour x2 upsampling + 3x3 conv; output GroupNorm,
 SiLU, 3x3 conv back to ``in_channels``.
 
-Numerics: GroupNorm always runs in float32 with autocast disabled, attention uses
+The blocks live in :mod:`gftlib.models.unet_blocks`; this module composes them. Numerics: GroupNorm
+always runs in float32 with autocast disabled, attention uses
 ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, float32 softmax accumulation),
 the time features are computed in float32, and the output is returned in ``x.dtype``. Works on any
 device and dtype, under ``torch.autocast`` (bfloat16/float16) and with channels_last inputs (see
@@ -26,35 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gftlib.models.embeddings import SinusoidalTimeEmbedding, check_time_batch
+from gftlib.models.unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample, group_norm, zeroed
 from gftlib.validation import check_finite_number, check_positive_int
 
-__all__ = ["UNetVelocity", "UNET_CONFIGS", "unet_config", "group_count", "to_fast_layout"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
-
-
-def group_count(channels: int, max_groups: int = 32, min_group_channels: int = 4) -> int:
-    """GroupNorm group count: the largest divisor of ``channels`` that is ``<= max_groups`` and leaves
-    at least ``min_group_channels`` channels per group (1 if ``channels < min_group_channels``).
-
-    The lower bound matters for additive time conditioning: GroupNorm removes each group's mean, so
-    with one channel per group a per-channel time bias added before the norm would be erased exactly.
-    For the CIFAR-10 widths (>= 128 channels) this is the usual 32 groups.
-    """
-    channels = check_positive_int("channels", channels)
-    max_groups = check_positive_int("max_groups", max_groups)
-    min_group_channels = check_positive_int("min_group_channels", min_group_channels)
-    limit = min(max_groups, channels // min_group_channels)
-    return max([g for g in range(1, limit + 1) if channels % g == 0], default=1)
+__all__ = ["UNetVelocity", "UNET_CONFIGS", "unet_config", "to_fast_layout"]
 
 
 def to_fast_layout(model: nn.Module) -> nn.Module:
@@ -64,109 +40,6 @@ def to_fast_layout(model: nn.Module) -> nn.Module:
     GPUs with tensor cores (mostly under bfloat16 autocast). The numbers computed do not change.
     """
     return model.to(memory_format=torch.channels_last)
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (autocast off), result cast back to the input dtype."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        low = x.dtype in _LOW_PRECISION or self.weight.dtype in _LOW_PRECISION
-        if low or _autocast_enabled(x.device.type):
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
-            return y.to(x.dtype)
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-
-
-def _norm(channels: int, min_group_channels: int) -> GroupNorm32:
-    return GroupNorm32(group_count(channels, 32, min_group_channels), channels)
-
-
-def _zero_(module: nn.Module, enabled: bool) -> nn.Module:
-    if enabled:
-        for p in module.parameters():
-            nn.init.zeros_(p)
-    return module
-
-
-class ResBlock(nn.Module):
-    """Residual block conditioned on the (already SiLU-activated) time embedding ``emb: (n, emb_dim)``.
-
-    Additive conditioning adds ``Linear(emb)`` after the first conv; scale-shift conditioning
-    (``scale_shift=True``) applies ``norm2(h) * (1 + scale) + shift`` instead.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, *, scale_shift: bool,
-                 zero_init: bool, min_group_channels: int = 4) -> None:
-        super().__init__()
-        self.scale_shift = scale_shift
-        self.norm1 = _norm(in_ch, min_group_channels)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
-        self.norm2 = _norm(out_ch, min_group_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = _zero_(nn.Conv2d(out_ch, out_ch, 3, padding=1), zero_init)
-        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb_proj(emb).to(h.dtype)[:, :, None, None]
-        if self.scale_shift:
-            scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
-        else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
-
-
-class AttentionBlock(nn.Module):
-    """Multi-head self-attention over the ``H * W`` positions, with a residual connection."""
-
-    def __init__(
-        self, channels: int, num_heads: int, *, zero_init: bool, min_group_channels: int = 4
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm = _norm(channels, min_group_channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = _zero_(nn.Linear(channels, channels), zero_init)
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        # (n, C, H, W) -> (n, H*W, C): a free view for channels_last inputs.
-        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)
-        qkv = self.qkv(tokens).reshape(n, h * w, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, H*W, head_dim)
-        a = F.scaled_dot_product_attention(q, k, v)
-        a = a.transpose(1, 2).reshape(n, h * w, c)
-        out = self.proj(a).reshape(n, h, w, c).permute(0, 3, 1, 2)
-        return x + out.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}"
-
-
-class Downsample(nn.Module):
-    """3x3 convolution with stride 2: (n, C, H, W) -> (n, C, H/2, W/2)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2 upsampling followed by a 3x3 convolution."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Stage(nn.Module):
@@ -218,7 +91,7 @@ class UNetVelocity(nn.Module):
     zero_init: zero-initialise the last conv of each residual block, the attention output projection
         and the output conv (ADM/torchcfm default: the untrained network outputs 0).
     min_group_channels: GroupNorm keeps at least this many channels per group (see
-        :func:`group_count`; up to 32 groups). 1 reproduces torchcfm's layout for narrow networks,
+        :func:`gftlib.models.unet_blocks.group_count`; up to 32 groups). 1 reproduces torchcfm's layout for narrow networks,
         but then additive time conditioning is erased wherever a group has a single channel.
 
     ``config`` holds the validated constructor arguments (``UNetVelocity(**model.config)`` rebuilds it).
@@ -240,109 +113,30 @@ class UNetVelocity(nn.Module):
         min_group_channels: int = 4,
     ) -> None:
         super().__init__()
-        in_channels = check_positive_int("in_channels", in_channels)
-        image_size = check_positive_int("image_size", image_size)
-        base_channels = check_positive_int("base_channels", base_channels)
-        channel_mult = _int_tuple("channel_mult", channel_mult, allow_empty=False)
-        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
-        attention_resolutions = _int_tuple("attention_resolutions", attention_resolutions, allow_empty=True)
-        num_heads = check_positive_int("num_heads", num_heads)
-        if isinstance(num_head_channels, bool) or not isinstance(num_head_channels, int):
-            raise TypeError(f"num_head_channels must be -1 or a positive integer, got {num_head_channels!r}")
-        if num_head_channels != -1 and num_head_channels < 1:
-            raise ValueError(f"num_head_channels must be -1 or a positive integer, got {num_head_channels!r}")
-        min_group_channels = check_positive_int("min_group_channels", min_group_channels)
-        dropout = check_finite_number("dropout", dropout, minimum=0.0)
-        if dropout >= 1.0:
-            raise ValueError(f"dropout must be a finite number >= 0 and < 1, got {dropout!r}")
-
-        factor = 2 ** (len(channel_mult) - 1)
-        if image_size % factor:
-            raise ValueError(
-                f"image size {image_size} is not supported: the UNet with channel_mult={channel_mult} "
-                f"halves the resolution {len(channel_mult) - 1} times and needs a multiple of {factor}"
-            )
-        resolutions = tuple(image_size // 2**i for i in range(len(channel_mult)))
-        for r in attention_resolutions:
-            if r not in resolutions:
-                raise ValueError(
-                    f"attention_resolutions contains {r}, which is not a feature-map size of this UNet; "
-                    f"allowed sizes for image_size={image_size} and channel_mult={channel_mult}: "
-                    f"{resolutions}"
-                )
-
-        def heads_for(ch: int) -> int:
-            if num_head_channels == -1:
-                if ch % num_heads:
-                    raise ValueError(
-                        f"num_heads={num_heads} must divide the {ch} channels of an attention layer"
-                    )
-                return num_heads
-            if ch % num_head_channels:
-                raise ValueError(
-                    f"num_head_channels={num_head_channels} must divide the {ch} channels of an "
-                    "attention layer"
-                )
-            return ch // num_head_channels
-
-        self.in_channels = in_channels
-        self.image_size = image_size
-        self.config: dict[str, Any] = dict(
+        cfg = _check_arguments(
             in_channels=in_channels, image_size=image_size, base_channels=base_channels,
             channel_mult=channel_mult, num_res_blocks=num_res_blocks,
             attention_resolutions=attention_resolutions, num_heads=num_heads,
             num_head_channels=num_head_channels, dropout=dropout,
-            use_scale_shift_norm=bool(use_scale_shift_norm), zero_init=bool(zero_init),
+            use_scale_shift_norm=use_scale_shift_norm, zero_init=zero_init,
             min_group_channels=min_group_channels,
         )
-        emb_dim = 4 * base_channels
-        self.time_features = SinusoidalTimeEmbedding(base_channels)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
-
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout, scale_shift=bool(use_scale_shift_norm),
-                            zero_init=bool(zero_init), min_group_channels=min_group_channels)
-
-        def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, heads_for(ch), zero_init=bool(zero_init),
-                                  min_group_channels=min_group_channels)
-
-        ch = base_channels * channel_mult[0]
-        self.input_conv = nn.Conv2d(in_channels, ch, 3, padding=1)
-        skip_channels = [ch]
-        self.down = nn.ModuleList()
-        for level, mult in enumerate(channel_mult):
-            size = resolutions[level]
-            for _ in range(num_res_blocks):
-                out = base_channels * mult
-                self.down.append(_Stage(res(ch, out), attn(out) if size in attention_resolutions else None))
-                ch = out
-                skip_channels.append(ch)
-            if level < len(channel_mult) - 1:
-                self.down.append(_Stage(resample=Downsample(ch)))
-                skip_channels.append(ch)
-
-        self.middle = nn.ModuleList([_Stage(res(ch, ch), attn(ch)), _Stage(res(ch, ch))])
-
-        self.up = nn.ModuleList()
-        for level in reversed(range(len(channel_mult))):
-            size = resolutions[level]
-            out = base_channels * channel_mult[level]
-            for i in range(num_res_blocks + 1):
-                block = res(ch + skip_channels.pop(), out)
-                ch = out
-                self.up.append(
-                    _Stage(
-                        block,
-                        attn(ch) if size in attention_resolutions else None,
-                        Upsample(ch) if level > 0 and i == num_res_blocks else None,
-                    )
-                )
-        assert not skip_channels
-        self.out_norm = _norm(ch, min_group_channels)
-        self.out_conv = _zero_(nn.Conv2d(ch, in_channels, 3, padding=1), bool(zero_init))
+        resolutions = _resolutions(cfg)
+        self.in_channels = cfg["in_channels"]
+        self.image_size = cfg["image_size"]
+        self.config: dict[str, Any] = cfg
+        base, emb_dim = cfg["base_channels"], 4 * cfg["base_channels"]
+        self.time_features = SinusoidalTimeEmbedding(base)
+        self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        blocks = _Blocks(cfg, emb_dim)
+        ch = base * cfg["channel_mult"][0]
+        self.input_conv = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
+        self.down, skip_channels = _encoder(blocks, cfg, resolutions, ch)
+        ch = skip_channels[-1]
+        self.middle = nn.ModuleList([_Stage(blocks.res(ch, ch), blocks.attn(ch)), _Stage(blocks.res(ch, ch))])
+        self.up, ch = _decoder(blocks, cfg, resolutions, ch, skip_channels)
+        self.out_norm = group_norm(ch, cfg["min_group_channels"])
+        self.out_conv = zeroed(nn.Conv2d(ch, cfg["in_channels"], 3, padding=1), cfg["zero_init"])
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """``x: (n, C, H, W)``, ``t: (n,)`` in [0, 1] -> velocity ``(n, C, H, W)`` in ``x.dtype``."""
@@ -378,6 +172,135 @@ class UNetVelocity(nn.Module):
         return h.to(x.dtype)
 
 
+# ----------------------------------------------------------------------------------------- construction
+def _check_arguments(*, in_channels: int, image_size: int, base_channels: int, channel_mult: Sequence[int],
+                     num_res_blocks: int, attention_resolutions: Sequence[int], num_heads: int,
+                     num_head_channels: int, dropout: float, use_scale_shift_norm: bool, zero_init: bool,
+                     min_group_channels: int) -> dict[str, Any]:
+    """:class:`UNetVelocity`'s arguments validated (each error names the argument), as its ``config``."""
+    in_channels = check_positive_int("in_channels", in_channels)
+    image_size = check_positive_int("image_size", image_size)
+    base_channels = check_positive_int("base_channels", base_channels)
+    channel_mult = _int_tuple("channel_mult", channel_mult, allow_empty=False)
+    num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
+    attention_resolutions = _int_tuple("attention_resolutions", attention_resolutions, allow_empty=True)
+    num_heads = check_positive_int("num_heads", num_heads)
+    if isinstance(num_head_channels, bool) or not isinstance(num_head_channels, int):
+        raise TypeError(f"num_head_channels must be -1 or a positive integer, got {num_head_channels!r}")
+    if num_head_channels != -1 and num_head_channels < 1:
+        raise ValueError(f"num_head_channels must be -1 or a positive integer, got {num_head_channels!r}")
+    min_group_channels = check_positive_int("min_group_channels", min_group_channels)
+    dropout = check_finite_number("dropout", dropout, minimum=0.0)
+    if dropout >= 1.0:
+        raise ValueError(f"dropout must be a finite number >= 0 and < 1, got {dropout!r}")
+    return dict(
+        in_channels=in_channels, image_size=image_size, base_channels=base_channels,
+        channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+        attention_resolutions=attention_resolutions, num_heads=num_heads,
+        num_head_channels=num_head_channels, dropout=dropout,
+        use_scale_shift_norm=bool(use_scale_shift_norm), zero_init=bool(zero_init),
+        min_group_channels=min_group_channels,
+    )
+
+
+def _resolutions(cfg: dict[str, Any]) -> tuple[int, ...]:
+    """The feature-map side length of each level; checks that ``image_size`` halves evenly and that
+    every attention resolution is one of them."""
+    image_size, channel_mult = cfg["image_size"], cfg["channel_mult"]
+    factor = 2 ** (len(channel_mult) - 1)
+    if image_size % factor:
+        raise ValueError(
+            f"image size {image_size} is not supported: the UNet with channel_mult={channel_mult} "
+            f"halves the resolution {len(channel_mult) - 1} times and needs a multiple of {factor}"
+        )
+    resolutions = tuple(image_size // 2**i for i in range(len(channel_mult)))
+    for r in cfg["attention_resolutions"]:
+        if r not in resolutions:
+            raise ValueError(
+                f"attention_resolutions contains {r}, which is not a feature-map size of this UNet; "
+                f"allowed sizes for image_size={image_size} and channel_mult={channel_mult}: "
+                f"{resolutions}"
+            )
+    return resolutions
+
+
+class _Blocks:
+    """Makes the residual and attention blocks of one UNet from its validated ``config``."""
+
+    def __init__(self, cfg: dict[str, Any], emb_dim: int) -> None:
+        self.cfg, self.emb_dim = cfg, emb_dim
+
+    def heads(self, ch: int) -> int:
+        """Attention heads for ``ch`` channels (``num_heads``, or ``ch // num_head_channels``)."""
+        num_heads, num_head_channels = self.cfg["num_heads"], self.cfg["num_head_channels"]
+        if num_head_channels == -1:
+            if ch % num_heads:
+                raise ValueError(
+                    f"num_heads={num_heads} must divide the {ch} channels of an attention layer"
+                )
+            return num_heads
+        if ch % num_head_channels:
+            raise ValueError(
+                f"num_head_channels={num_head_channels} must divide the {ch} channels of an "
+                "attention layer"
+            )
+        return ch // num_head_channels
+
+    def res(self, cin: int, cout: int) -> ResBlock:
+        cfg = self.cfg
+        return ResBlock(cin, cout, self.emb_dim, cfg["dropout"], scale_shift=cfg["use_scale_shift_norm"],
+                        zero_init=cfg["zero_init"], min_group_channels=cfg["min_group_channels"])
+
+    def attn(self, ch: int) -> AttentionBlock:
+        return AttentionBlock(ch, self.heads(ch), zero_init=self.cfg["zero_init"],
+                              min_group_channels=self.cfg["min_group_channels"])
+
+
+def _encoder(blocks: _Blocks, cfg: dict[str, Any], resolutions: tuple[int, ...], ch: int
+             ) -> tuple[nn.ModuleList, list[int]]:
+    """The encoder stages (``num_res_blocks`` per level, attention where asked, downsampling between
+    levels) and the channels of every activation the decoder takes as a skip (input conv first)."""
+    skip_channels = [ch]
+    down = nn.ModuleList()
+    channel_mult = cfg["channel_mult"]
+    for level, mult in enumerate(channel_mult):
+        size = resolutions[level]
+        for _ in range(cfg["num_res_blocks"]):
+            out = cfg["base_channels"] * mult
+            down.append(_Stage(blocks.res(ch, out),
+                               blocks.attn(out) if size in cfg["attention_resolutions"] else None))
+            ch = out
+            skip_channels.append(ch)
+        if level < len(channel_mult) - 1:
+            down.append(_Stage(resample=Downsample(ch)))
+            skip_channels.append(ch)
+    return down, skip_channels
+
+
+def _decoder(blocks: _Blocks, cfg: dict[str, Any], resolutions: tuple[int, ...], ch: int,
+             skip_channels: list[int]) -> tuple[nn.ModuleList, int]:
+    """The mirrored decoder (``num_res_blocks + 1`` stages per level, each taking one skip, x2
+    upsampling at the end of every level but the last); consumes ``skip_channels``. Returns the
+    stages and the output channels."""
+    up = nn.ModuleList()
+    channel_mult = cfg["channel_mult"]
+    for level in reversed(range(len(channel_mult))):
+        size = resolutions[level]
+        out = cfg["base_channels"] * channel_mult[level]
+        for i in range(cfg["num_res_blocks"] + 1):
+            block = blocks.res(ch + skip_channels.pop(), out)
+            ch = out
+            up.append(
+                _Stage(
+                    block,
+                    blocks.attn(ch) if size in cfg["attention_resolutions"] else None,
+                    Upsample(ch) if level > 0 and i == cfg["num_res_blocks"] else None,
+                )
+            )
+    assert not skip_channels
+    return up, ch
+
+
 _UNET_CONFIGS: dict[str, dict[str, Any]] = {
     # CPU smoke tests: forward + backward of 8 images in a few tens of milliseconds.
     "tiny": dict(in_channels=3, image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
@@ -402,3 +325,4 @@ def unet_config(name: str) -> dict[str, Any]:
         allowed = ", ".join(map(repr, UNET_CONFIGS))
         raise ValueError(f"unknown UNet config name {name!r}; must be one of {allowed}")
     return dict(_UNET_CONFIGS[name])
+

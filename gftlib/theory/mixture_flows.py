@@ -21,7 +21,8 @@ from torch import Tensor
 
 from gftlib.theory.analytic import GaussianMixture, GaussianMixturePath, gft_mixture_drift
 from gftlib.eval.metrics import ks_statistic
-from gftlib.solvers.samplers import sample_ode, sample_sde
+from gftlib.solvers.ode import sample_ode
+from gftlib.solvers.sde import sample_sde
 from gftlib.validation import check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["marginal_mixture", "run_flows", "ks_against", "naive_l2_drift", "ode_velocity_in_sde_drift",

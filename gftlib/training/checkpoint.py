@@ -18,7 +18,7 @@ garbage, foreign), is reported with its path (a ``CorruptCheckpointWarning`` and
 and skipped, so resume falls back to the previous good checkpoint; :func:`quarantine` renames a bad
 file to ``<name>.corrupt`` (kept for inspection, no longer counted by the rotation).
 
-A checkpoint is a ``dict`` (see :func:`gftlib.training.loop.train` for the keys it writes) plus
+A checkpoint is a ``dict`` (see :func:`gftlib.training.state.save` for the keys it writes) plus
 ``format_version`` and ``step``. :func:`load_checkpoint` uses ``torch.load(weights_only=False)``
 because the state holds Python objects (RNG states, the objective's state, the run history): only
 load checkpoints this library wrote, never files from an untrusted source (unpickling runs code).

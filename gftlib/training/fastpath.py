@@ -25,14 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gftlib.solvers.samplers import EVALS_PER_STEP, FIXED_STEP_METHODS, sample_ode
+from gftlib.solvers.ode import EVALS_PER_STEP, FIXED_STEP_METHODS, sample_ode
 from gftlib.types import VelocityField
 from gftlib.validation import check_bool, check_choice, check_positive_int, resolve_device
 
 __all__ = ["ChannelsLastInput", "BatchedSamples", "sample_batched", "fast_settings", "autocast_context",
            "SAMPLING_AMP_MODES"]
 
-#: ``amp`` values accepted by :func:`sample_batched` (and :class:`gftlib.training.loop.TrainConfig`).
+#: ``amp`` values accepted by :func:`sample_batched` (and :class:`gftlib.training.config.TrainConfig`).
 SAMPLING_AMP_MODES: tuple[str, ...] = ("none", "bf16")
 
 
@@ -64,7 +64,7 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
 def fast_settings(device: str | torch.device) -> dict[str, Any]:
     """Recommended fast-path settings for ``device``: on CUDA ``amp="bf16"``, ``channels_last=True``,
     ``compile=True``; on the CPU all off (bf16 autocast and channels_last are not faster there, and
-    compiling costs more than short CPU runs gain). Keys match :class:`gftlib.training.loop.TrainConfig`."""
+    compiling costs more than short CPU runs gain). Keys match :class:`gftlib.training.config.TrainConfig`."""
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     on_gpu = dev.type == "cuda"
     return {"amp": "bf16" if on_gpu else "none", "channels_last": on_gpu, "compile": on_gpu}

@@ -44,11 +44,15 @@ from gftlib.paths.interpolants import Interpolant
 from gftlib.losses import gft_loss
 from gftlib.eval.metrics import frechet_distance, mmd_rbf, sliced_wasserstein, wasserstein2
 from gftlib.models import MLPVelocity, UNetVelocity, build_model, unet_config
-from gftlib.gft.objectives import (BatchSampler, FlowMatchingObjective, PretrainedCouplingCache,
-                               PretrainedDriftCache)
-from gftlib.solvers.samplers import sample_ode, sample_sde
+from gftlib.gft.batch_sampler import BatchSampler
+from gftlib.gft.objective import FlowMatchingObjective
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.solvers.ode import sample_ode
+from gftlib.solvers.sde import sample_sde
 from gftlib.schedules import make_schedule
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 from gftlib.validation import resolve_device
 
 from train_helpers import TinyMLP, ToyObjective, toy_data

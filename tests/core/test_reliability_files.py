@@ -17,7 +17,8 @@ import torch
 
 from gftlib.training import checkpoint as C
 from gftlib.locking import LOCK_NAME, DirectoryBusy, DirectoryLock
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 from train_helpers import ToyObjective, toy_data
 from train_helpers import equal_states as _equal_states, seeded_tiny_mlp as _model

@@ -136,7 +136,7 @@ def test_full_api_reference_builds_with_resolving_links(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "pdoc", "--docformat", "restructuredtext", "--output-directory",
            str(tmp_path / "api"), *modules]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=900)
-    for page in ("schedules.html", "girsanov/log_ratio.html", "experiments/methods.html"):
+    for page in ("schedules.html", "theory/girsanov/log_ratio.html", "experiments/methods.html"):
         assert (tmp_path / "api" / "gftlib" / page).is_file(), page
     report = _site_module().check_links(tmp_path)
     assert report.broken == [], report.broken[:10]

@@ -20,7 +20,7 @@ from gftlib.eval.metrics import (
     sliced_wasserstein,
     wasserstein2,
 )
-from gftlib.solvers.samplers import SampleResult
+from gftlib.solvers.common import SampleResult
 
 torch.set_num_threads(1)
 

@@ -15,15 +15,13 @@ from gftlib.experiments.methods import METHOD_DESCRIPTIONS, METHODS, MethodSpec,
 from gftlib.paths.interpolants import PathSample
 from gftlib.losses import DriftBatch
 from gftlib.models import MLPVelocity
-from gftlib.gft.objectives import (
-    FlowMatchingObjective,
-    Objective,
-    PretrainedCouplingCache,
-    PretrainedDriftCache,
-    ReflowObjective,
-    TargetPathRegularizer,
-)
-from gftlib.training.loop import TrainConfig, train
+from gftlib.gft.objective import FlowMatchingObjective, Objective
+from gftlib.gft.coupling_cache import PretrainedCouplingCache
+from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.gft.reflow import ReflowObjective
+from gftlib.gft.regularizer import TargetPathRegularizer
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,6 @@ from gftlib.models import (
     UNetVelocity,
     build_model,
     count_parameters,
-    group_count,
     sinusoidal_embedding,
     to_fast_layout,
     unet_config,
@@ -51,16 +50,6 @@ def test_sinusoidal_embedding_closed_form():
     assert torch.all(emb[:, -1] == 0)  # odd dim: zero padding column
     with pytest.raises(ValueError, match=r"t must have shape \(n,\)"):
         sinusoidal_embedding(torch.zeros(3, 1), 8)
-
-
-@pytest.mark.parametrize(
-    "channels, min_group_channels, expected",
-    [(128, 4, 32), (384, 4, 32), (16, 4, 4), (32, 4, 8), (48, 4, 12), (100, 4, 25), (7, 4, 1), (3, 4, 1),
-     (16, 1, 16), (48, 1, 24), (96, 1, 32), (7, 1, 7), (1, 1, 1)],
-)
-def test_group_count_is_largest_divisor_at_most_32(channels, min_group_channels, expected):
-    g = group_count(channels, 32, min_group_channels)
-    assert g == expected and channels % g == 0
 
 
 # --------------------------------------------------------------------------------------------------- MLP
@@ -198,7 +187,7 @@ def test_unet_time_conditioning_matters():
 @pytest.mark.parametrize("scale_shift", [False, True])
 def test_every_res_block_sees_the_time_embedding(scale_shift):
     """GroupNorm must not erase the time bias (it would with one channel per group)."""
-    from gftlib.models.unet import ResBlock
+    from gftlib.models.unet_blocks import ResBlock
 
     model = _tiny(use_scale_shift_norm=scale_shift)
     blocks = [m for m in model.modules() if isinstance(m, ResBlock)]

@@ -18,7 +18,7 @@ from gftlib.theory.girsanov import (
     simulate_log_likelihood_ratios,
     stiffness_adjusted_steps,
 )
-from gftlib.solvers.samplers import sample_sde
+from gftlib.solvers.sde import sample_sde
 
 torch.set_num_threads(1)
 Z = 4.0  # two-sided 4-sigma acceptance (false alarm ~6e-5 per comparison)

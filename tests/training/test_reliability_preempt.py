@@ -22,7 +22,8 @@ import torch
 
 from gftlib.training import checkpoint as C
 from gftlib.training.preemption import EXIT_PREEMPTED, PREEMPT_SIGNALS, PreemptionWatch, TrainingPreempted
-from gftlib.training.loop import TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.loop import train
 
 from test_reliability_train import _cli, _env, _equal_states, _free_port
 from train_helpers import ToyObjective, toy_data

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from gftlib.training import checkpoint as C
-from gftlib.training import loop as T
+from gftlib.training import guard as G
 from gftlib.schedules import make_schedule
-from gftlib.training.loop import NonFiniteLossError, TrainConfig, train
+from gftlib.training.config import TrainConfig
+from gftlib.training.guard import NonFiniteLossError
+from gftlib.training.loop import train
 
 from train_helpers import ToyObjective, toy_data
 from train_helpers import equal_states as _equal_states, seeded_tiny_mlp as _model
@@ -85,7 +87,7 @@ def test_failed_checkpoint_during_training_then_exact_resume(tmp_path, monkeypat
 @pytest.mark.parametrize("term", ["target", "pretrained", "gradient"])
 def test_nonfinite_guard_names_step_and_term(tmp_path, monkeypatch, term, deferred):
     if deferred:  # the GPU code path (check at log / checkpoint boundaries), exercised on the CPU
-        monkeypatch.setattr(T, "_CPU_PER_STEP_CHECK", False)
+        monkeypatch.setattr(G, "_CPU_PER_STEP_CHECK", False)
     steps, bad = 20, 7
     cfg = _cfg(steps=steps, checkpoint_every=3, checkpoint_dir=tmp_path, log_every=100)
     obj = ToyObjective(toy_data(), 16, nan_at=bad, nan_term=term)
@@ -102,7 +104,7 @@ def test_nonfinite_guard_names_step_and_term(tmp_path, monkeypatch, term, deferr
 
 
 def test_nonfinite_guard_without_checkpoints_and_deferred_at_the_end(monkeypatch):
-    monkeypatch.setattr(T, "_CPU_PER_STEP_CHECK", False)
+    monkeypatch.setattr(G, "_CPU_PER_STEP_CHECK", False)
     obj = ToyObjective(toy_data(), 16, nan_at=5)
     with pytest.raises(NonFiniteLossError, match="step 5.*no checkpoint was written"):
         train(_model(), obj, _cfg(steps=6, log_every=100))

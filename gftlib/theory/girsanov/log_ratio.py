@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from gftlib.theory.girsanov.common import Diffusion, check_drifts, diffusion_fn, eval_drift, mean_and_se, sq_norm
-from gftlib.solvers.samplers import sample_sde
+from gftlib.solvers.sde import sample_sde
 from gftlib.types import VelocityField
 from gftlib.validation import check_positive_int, check_tensor
 
@@ -113,7 +113,7 @@ def simulate_log_likelihood_ratios(
     t1: float = 1.0,
     chunk_size: int | None = None,
 ) -> list[PathLogRatio]:
-    """Simulate n = len(x0) Euler–Maruyama paths of P^1 (``gftlib.solvers.samplers.sample_sde``, noise from
+    """Simulate n = len(x0) Euler–Maruyama paths of P^1 (``gftlib.solvers.sde.sample_sde``, noise from
     ``generator``) from ``x0`` (n, d) and return their :func:`log_likelihood_ratios` against every
     drift in ``drifts_2`` (same diffusion). Paths are simulated ``chunk_size`` at a time (None: all
     at once), so memory is O(steps * chunk_size * d). Chunks consume ``generator`` one after the

@@ -1,4 +1,4 @@
-"""Tests of gftlib.solvers.samplers against closed-form solutions."""
+"""Tests of gftlib.solvers.ode against closed-form solutions: order, tolerance, NFE, path length."""
 
 from __future__ import annotations
 
@@ -7,32 +7,12 @@ import math
 import pytest
 import torch
 
-from gftlib.solvers.samplers import EVALS_PER_STEP, ODE_METHODS, SampleResult, sample_ode, sample_sde
+from gftlib.solvers.common import SampleResult
+from gftlib.solvers.ode import EVALS_PER_STEP, ODE_METHODS, sample_ode
+
+from solver_helpers import A, linear_field, linear_exact, Counting
 
 torch.set_num_threads(1)
-
-# dx/dt = a(t) A x with a(t) = 1 + t: x(1) = expm((int_0^1 a) A) x0 = expm(1.5 A) x0.
-A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)
-
-
-def linear_field(x, t):
-    assert t.shape == (x.shape[0],)
-    return (1.0 + t)[:, None] * (x @ A.T.to(x.dtype))
-
-
-def linear_exact(x0):
-    return x0 @ torch.linalg.matrix_exp(1.5 * A).T
-
-
-class Counting:
-    """A field wrapper counting its calls (independently of the sampler's own counter)."""
-
-    def __init__(self, field):
-        self.field, self.calls = field, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.field(x, t)
 
 
 @pytest.fixture(scope="module")
@@ -168,82 +148,6 @@ def test_sample_ode_rejects_bad_inputs():
         sample_ode(linear_field, torch.tensor([[float("nan"), 0.0]]))
     with pytest.raises(ValueError, match="field must return a tensor of shape"):
         sample_ode(lambda x, t: x[:, :1], torch.zeros(2, 2))
-
-
-# ---------------------------------------------------------------------------------------- SDE
-
-def test_sde_ornstein_uhlenbeck_moments():
-    theta, sigma, x_start, steps, n = 1.0, 0.8, 2.0, 200, 40_000
-    x0 = torch.full((n, 1), x_start, dtype=torch.float64)
-    res = sample_sde(lambda x, t: -theta * x, x0, diffusion=sigma, steps=steps,
-                     generator=torch.Generator().manual_seed(4))
-    x1 = res.x[:, 0]
-    mean, var = float(x1.mean()), float(x1.var())
-    # Euler-Maruyama is exact in law for this linear SDE as a discrete recursion:
-    # x_{k+1} = a x_k + sigma sqrt(dt) z, a = 1 - theta dt.
-    dt = 1.0 / steps
-    a = 1.0 - theta * dt
-    mean_em = a ** steps * x_start
-    var_em = sigma ** 2 * dt * (1 - a ** (2 * steps)) / (1 - a ** 2)
-    se_mean = math.sqrt(var_em / n)
-    se_var = var_em * math.sqrt(2.0 / (n - 1))
-    assert abs(mean - mean_em) < 4 * se_mean
-    assert abs(var - var_em) < 4 * se_var
-    # Continuous-time closed form; EM's weak error is O(dt) (|mean_em - mean_ct| bounds it here).
-    mean_ct = math.exp(-theta) * x_start
-    var_ct = sigma ** 2 * (1 - math.exp(-2 * theta)) / (2 * theta)
-    assert abs(mean - mean_ct) < 4 * se_mean + abs(mean_em - mean_ct)
-    assert abs(var - var_ct) < 4 * se_var + abs(var_em - var_ct)
-    assert res.nfe == steps
-
-
-def test_sde_brownian_with_drift_time_dependent_diffusion():
-    mu, steps, n = torch.tensor([1.0, -2.0], dtype=torch.float64), 50, 40_000
-    x0 = torch.zeros(n, 2, dtype=torch.float64)
-    res = sample_sde(lambda x, t: mu.expand_as(x), x0, diffusion=lambda t: t, steps=steps,
-                     generator=torch.Generator().manual_seed(5))
-    dt = 1.0 / steps
-    var_em = sum((k * dt) ** 2 * dt for k in range(steps))  # g evaluated at the left end points
-    se_mean = math.sqrt(var_em / n)
-    se_var = var_em * math.sqrt(2.0 / (n - 1))
-    assert (res.x.mean(0) - mu).abs().max() < 4 * se_mean
-    assert (res.x.var(0) - var_em).abs().max() < 4 * se_var
-    assert abs(var_em - 1.0 / 3.0) < 1.0 / steps  # -> int_0^1 t^2 dt
-    # drift part: constant drift -> length |mu| exactly, straightness 1
-    torch.testing.assert_close(res.path_length, torch.full((n,), float(mu.norm()), dtype=torch.float64))
-    torch.testing.assert_close(res.straightness, torch.ones(n, dtype=torch.float64))
-
-
-def test_sde_deterministic_given_generator_and_images():
-    x0 = torch.zeros(4, 3, 2, 2)
-    kw = dict(diffusion=0.5, steps=10, return_trajectory=True)
-    r1 = sample_sde(lambda x, t: -x, x0, generator=torch.Generator().manual_seed(7), **kw)
-    r2 = sample_sde(lambda x, t: -x, x0, generator=torch.Generator().manual_seed(7), **kw)
-    r3 = sample_sde(lambda x, t: -x, x0, generator=torch.Generator().manual_seed(8), **kw)
-    assert torch.equal(r1.x, r2.x) and not torch.equal(r1.x, r3.x)
-    assert r1.x.dtype == torch.float32 and r1.trajectory.shape == (11, 4, 3, 2, 2)
-    assert r1.times.shape == (11,)
-    # zero diffusion reduces to the Euler ODE sampler
-    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    sde = sample_sde(linear_field, z, diffusion=0.0, steps=10)
-    ode = sample_ode(linear_field, z, method="euler", steps=10)
-    torch.testing.assert_close(sde.x, ode.x)
-    torch.testing.assert_close(sde.path_length, ode.path_length)
-
-
-@pytest.mark.parametrize(
-    "kwargs,exc,match",
-    [
-        ({"diffusion": -1.0}, ValueError, "diffusion must be a finite number >= 0"),
-        ({"diffusion": lambda t: -1.0}, ValueError, r"diffusion\(t\) must be a finite number >= 0"),
-        ({"diffusion": 1.0, "steps": 0}, ValueError, "steps must be an integer >= 1"),
-        ({"diffusion": 1.0, "t0": 0.5, "t1": 0.5}, ValueError, "t0 must be < t1"),
-        ({"diffusion": 1.0, "generator": 3}, TypeError, "generator must be a torch.Generator"),
-    ],
-)
-def test_sample_sde_rejects_bad_arguments(kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        sample_sde(lambda x, t: x, torch.zeros(2, 2), **kwargs)
 
 
 @pytest.mark.parametrize("tol", [1e-4, 1e-5])
