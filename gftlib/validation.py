@@ -8,7 +8,7 @@ Each helper validates one parameter where it enters the library and raises a ``V
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ __all__ = [
     "check_bool",
     "check_finite_number",
     "check_positive_int",
+    "check_int_fields",
     "check_choice",
     "check_tensor",
     "check_same_shape",
@@ -82,6 +83,13 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_int_fields(obj: Any, minimums: Mapping[str, int]) -> None:
+    """:func:`check_positive_int` on each field ``name`` of ``obj`` with its ``minimum``, in order,
+    storing the int back on ``obj`` (``object.__setattr__``, so frozen dataclasses work too)."""
+    for name, minimum in minimums.items():
+        object.__setattr__(obj, name, check_positive_int(name, getattr(obj, name), minimum=minimum))
 
 
 def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:

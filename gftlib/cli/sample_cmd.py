@@ -65,7 +65,7 @@ def write_grid(path: str, x: Tensor) -> None:
     if x.ndim == 4:
         from PIL import Image
 
-        from gftlib.experiments.tasks_images import image_grid
+        from gftlib.experiments.tasks.images_eval import image_grid
 
         tile = (image_grid(x[:64]) * 255).round().astype(np.uint8)
         buf = io.BytesIO()

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.stats
 
 from gftlib.experiments.methods import METHODS
-from gftlib.experiments.tasks2d import SCHEDULED_METHODS
+from gftlib.experiments.tasks.budget import SCHEDULED_METHODS
 from gftlib.validation import check_choice, check_finite_number
 
 __all__ = ["Z_999", "null_upper_bound", "separation_tolerance", "floor_tolerance_threshold",
@@ -87,11 +87,16 @@ def floor_tolerance_threshold(null_values: Sequence[float], tolerance: float, *,
 
 def difference_margin(se_a: float, se_b: float | None = None, *, z: float = Z_999) -> float:
     """``z sqrt(se_a^2 + se_b^2)``: one-sided critical value of the difference of two independent
-    evaluations with standard errors ``se_a`` and ``se_b`` (default se_b = se_a). Under "no
-    difference", A - B < -margin with probability about Phi(-z) (1e-3 for the default z)."""
+    evaluations with standard errors ``se_a`` and ``se_b`` (default se_b = se_a, computed as
+    ``z sqrt(2) se_a``). Under "no difference", A - B < -margin with probability about Phi(-z)
+    (1e-3 for the default z; with z = k it is "k standard errors of the difference"). The margin of
+    every "resolvably closer than the pretrained model" check of the notebooks."""
     se_a = check_finite_number("se_a", se_a, minimum=0.0)
-    se_b = se_a if se_b is None else check_finite_number("se_b", se_b, minimum=0.0)
+    if se_b is not None:
+        se_b = check_finite_number("se_b", se_b, minimum=0.0)
     z = check_finite_number("z", z, minimum=0.0)
+    if se_b is None:
+        return float(z * math.sqrt(2.0) * se_a)
     return float(z * math.sqrt(se_a**2 + se_b**2))
 
 

@@ -1,7 +1,7 @@
 """Claim rows: one comparison of a GFT form with a named baseline on one metric and one scenario.
 
 A notebook builds rows with :func:`compare_claim` and stores the list in
-``report.numbers["claims"]`` (:func:`gftlib.experiments.tasks2d.record_claims`). Each row holds the
+``report.numbers["claims"]`` (:func:`record_claims`). Each row holds the
 per-seed values, means, the difference GFT - baseline with its 95 % CI, an effect size and the raw
 p-value (:mod:`gftlib.eval.statistics`). The verdict is *not* decided per notebook:
 :mod:`gftlib.experiments.summary` collects the rows of every results JSON, applies Holm's
@@ -17,7 +17,7 @@ paired t-test on per-seed differences). Pass ``paired=False`` (Welch) when the r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from gftlib.eval import statistics as S
 from gftlib.validation import check_choice
 
-__all__ = ["compare_claim", "apply_holm", "claim_hypotheses", "row_key"]
+__all__ = ["compare_claim", "apply_holm", "claim_hypotheses", "row_key", "record_claims"]
 
 
 def _stat(values: np.ndarray) -> dict[str, Any]:
@@ -121,3 +121,14 @@ def fmt_p(p: float | None) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "-"
     return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def record_claims(report: Any, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Store claim entries (:func:`gftlib.experiments.verdict.claim_entry`) in the report: in its
+    ``claims`` list when the Report has one (written at the top level of the results JSON, where
+    :mod:`gftlib.experiments.summary` reads them), otherwise under ``numbers["claims"]``."""
+    entries = [dict(e) for e in entries]
+    if isinstance(getattr(report, "claims", None), list):
+        report.claims.extend(entries)
+    else:
+        report.numbers.setdefault("claims", []).extend(entries)

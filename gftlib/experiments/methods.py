@@ -43,7 +43,7 @@ from gftlib.gft.regularizer import TargetPathRegularizer
 from gftlib.paths.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
 from gftlib.training.config import TrainConfig, TrainResult
-from gftlib.training.loop import train
+from gftlib.training import train
 from gftlib.validation import (
     check_choice,
     check_finite_number,

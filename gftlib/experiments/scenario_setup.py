@@ -2,7 +2,7 @@
 
 :data:`PROFILE_TABLE` holds the notebook's user-facing knobs per profile, :data:`PROFILE_SETTINGS`
 the internal sizes (model, pretraining, evaluation). :func:`resolve_setup` builds (and so validates)
-one :class:`gftlib.experiments.tasks2d.Task2D` per seed and the four scenario budgets;
+one :class:`gftlib.experiments.tasks.toy2d.Task2D` per seed and the four scenario budgets;
 :func:`claim_rows` turns per-seed values into claim rows (:func:`gftlib.experiments.claims.compare_claim`,
 paired by seed: every method of a seed shares its target sample, pretrained model and noise).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gftlib.experiments import tasks2d as T2
+from gftlib.experiments.tasks import toy2d as T2
 from gftlib.experiments.claims import compare_claim
 from gftlib.experiments.methods import check_methods
 from gftlib.experiments.profiles import PROFILES

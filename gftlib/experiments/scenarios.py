@@ -1,11 +1,11 @@
 """Scenario runners of E5: settings from the paper's motivation where a pretrained term could matter.
 
-Every scenario uses the 2-D task of :mod:`gftlib.experiments.tasks2d` (a :class:`Task2D` per seed, so
+Every scenario uses the 2-D task of :mod:`gftlib.experiments.tasks.toy2d` (a :class:`Task2D` per seed, so
 a seed sets the target sample, the held-out set, the evaluation noise, the pretrained model and the
 training randomness) and one :class:`Budget` (identical for every method). Conventions: t = 0 noise,
 t = 1 data; points are ``(n, 2)`` float32.
 
-- The pretrained model is trained here, not by :func:`tasks2d.pretrain`: with ``diffusion = 0`` it is
+- The pretrained model is trained here, not by :func:`toy2d.pretrain`: with ``diffusion = 0`` it is
   **OT-CFM** (exact minibatch OT coupling, straight conditional paths), a model with short paths
   and a cheap adaptive solve whose erosion by fine-tuning scenario (c) measures; with
   ``diffusion = g > 0`` it is the **SDE drift** of the Brownian bridge x_t = (1-t) x0 + t x1 +
@@ -20,7 +20,8 @@ t = 1 data; points are ``(n, 2)`` float32.
   (of the drift part for SDEs), at the end also the dopri5 NFE (ODE) and the memorisation statistics
   of :mod:`gftlib.eval.memorization` against the training set and held-out sets of its size.
 
-Runs and pretrained models are cached (:func:`gftlib.experiments.cache.cached_torch`).
+Runs go through the runner shared with the 2-D and image tasks
+(:class:`gftlib.experiments.tasks.runner.TaskRunner`); runs and pretrained models are cached.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ from torch import Tensor, nn
 
 from gftlib.data.datasets import make_2d
 from gftlib.eval import stability as ST
-from gftlib.experiments import tasks2d as T2
 from gftlib.experiments.cache import cached_torch
-from gftlib.experiments.methods import check_methods, run_method
+from gftlib.experiments.methods import MethodRun, check_methods
+from gftlib.experiments.tasks import toy2d as T2
+from gftlib.experiments.tasks.budget import SCHEDULED_METHODS
+from gftlib.experiments.tasks.runner import TaskRunner, pretrain_source, single_thread
+from gftlib.experiments.tasks.toy2d_eval import w2_floors
 from gftlib.paths.interpolants import Interpolant
 from gftlib.eval.memorization import closer_to_train_z, memorization
 from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein2
@@ -47,13 +51,14 @@ from gftlib.solvers.common import SampleResult
 from gftlib.solvers.ode import sample_ode
 from gftlib.solvers.sde import sample_sde
 from gftlib.schedules import SCHEDULES, make_schedule
-from gftlib.training.config import TrainConfig
-from gftlib.training.loop import train
-from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
+from gftlib.training import TrainConfig
+from gftlib.validation import (check_choice, check_finite_number, check_int_fields, check_positive_int,
+                               resolve_device)
 
 __all__ = ["SCENARIO_METHODS", "BASELINES", "GFT_FORMS", "Budget", "ScenarioRun",
            "PretrainedReference", "pretrain_scenario", "sample", "pretrained_reference", "run_scenario",
-           "run_grid", "task_for_seed", "final_values", "curve_stability", "STABILITY_KEYS", "steps_to_level", "null_memorization", "resolvable_margin"]
+           "run_grid", "task_for_seed", "final_values", "curve_stability", "STABILITY_KEYS", "steps_to_level",
+           "null_memorization", "pooled_floor_se", "ScenarioRunner"]
 
 #: The methods compared in every scenario: the strongest fair baselines and both GFT forms.
 SCENARIO_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling")
@@ -93,8 +98,8 @@ class Budget:
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        for name in ("steps", "cache_size", "n_trajectories", "refresh_every", "em_steps", "n_evals"):
-            put(name, check_positive_int(name, getattr(self, name)))
+        check_int_fields(self, {"steps": 1, "cache_size": 1, "n_trajectories": 1, "refresh_every": 1,
+                                "em_steps": 1, "n_evals": 1})
         put("batch_size", check_positive_int("batch_size", self.batch_size, minimum=2))
         if self.n_evals > self.steps:
             raise ValueError(f"n_evals must be an integer in [1, steps={self.steps}], got {self.n_evals}")
@@ -123,7 +128,7 @@ class Budget:
     def ends_at_zero(self, method: str) -> bool:
         """Whether ``method`` ends as plain CFM on the target (beta = 0 at the last step; a
         ``constant`` schedule keeps beta0, so the scheduled methods then end at the mixture of T2)."""
-        return method not in T2.SCHEDULED_METHODS or make_schedule(
+        return method not in SCHEDULED_METHODS or make_schedule(
             self.schedule_kind, self.beta0, self.steps).final == 0.0
 
     def eval_steps(self) -> np.ndarray:
@@ -154,20 +159,13 @@ def pretrain_scenario(task: T2.Task2D, *, diffusion: float = 0.0, t_eps: float =
     dev = resolve_device(device)
     interp = Interpolant(sigma=g, t_eps=t_eps) if g > 0 else Interpolant()
 
-    def build() -> dict[str, Any]:
-        model = task.build_model(seed=task.seed)
-        objective = FlowMatchingObjective(task.source_train(), batch_size=task.pretrain_batch,
-                                          coupling="independent" if g > 0 else "ot", interpolant=interp,
-                                          diffusion=g, seed=task.seed)
-        cfg = TrainConfig(steps=task.pretrain_steps, lr=task.pretrain_lr, seed=task.seed, device=str(dev),
-                          progress=False, log_every=max(1, task.pretrain_steps // 20))
-        res = train(model, objective, cfg)
-        return {"ema": {k: v.detach().cpu().clone() for k, v in res.ema_model.state_dict().items()}}
-
+    objective = lambda: FlowMatchingObjective(  # noqa: E731
+        task.source_train(), batch_size=task.pretrain_batch, coupling="independent" if g > 0 else "ot",
+        interpolant=interp, diffusion=g, seed=task.seed)
     key = {"kind": "scenario-pretrain", "task": task.pretrain_key(), "diffusion": g,
            "t_eps": t_eps if g > 0 else 0.0, "device": dev.type}
-    with T2._single_thread():
-        state = cached_torch("scenario-pretrain", key, build)
+    with single_thread():
+        state = pretrain_source(task, objective, name="scenario-pretrain", key=key, device=dev, n_logs=20)
     return T2.load_model(task, state["ema"])
 
 
@@ -236,7 +234,7 @@ def pretrained_reference(task: T2.Task2D, budget: Budget, *, n_repeats: int = 8,
 
     key = {"kind": "scenario-reference", "task": task.as_dict(), "budget": _reference_key(budget),
            "n_repeats": n_repeats, "device": dev.type}
-    with T2._single_thread():
+    with single_thread():
         return cached_torch("scenario-reference", key, build)
 
 
@@ -244,18 +242,11 @@ def _floors(task: T2.Task2D, n_repeats: int) -> dict[str, float]:
     """The W2 noise floors of :class:`PretrainedReference` (no model involved; cached per task)."""
 
     def build() -> dict[str, float]:
-        tgt_held, src_held = task.target_heldout(), task.source_heldout()
         gen = torch.Generator().manual_seed(task.seed * 100_003 + _SDE_NOISE_ROLE + 1)
-        tgt = [make_2d(task.target, task.n_eval, generator=gen) for _ in range(n_repeats)]
-        src = [make_2d(task.source, task.n_eval, generator=gen) for _ in range(n_repeats)]
-        w_t = [wasserstein2(x, tgt_held) for x in tgt]
-        w_s = [wasserstein2(x, src_held) for x in src]
-        return {"floor": float(np.mean(w_t)), "floor_se": float(np.std(w_t, ddof=1)),
-                "source_floor": float(np.mean(w_s)), "source_floor_se": float(np.std(w_s, ddof=1)),
-                "source_target": wasserstein2(src[0], tgt_held)}
+        return w2_floors(task, n_repeats, gen, gen)
 
     key = {"kind": "scenario-floors", "task": task.as_dict(), "n_repeats": n_repeats}
-    with T2._single_thread():
+    with single_thread():
         return cached_torch("scenario-floors", key, build)
 
 
@@ -308,23 +299,56 @@ def _evaluator(task: T2.Task2D, budget: Budget) -> Callable[[nn.Module, int], di
     return evaluate
 
 
-def _run_uncached(task: T2.Task2D, method: str, seed: int, budget: Budget, dev: torch.device) -> ScenarioRun:
-    pre = pretrain_scenario(task, diffusion=budget.diffusion, t_eps=budget.t_eps, device=dev)
-    every = budget.steps if budget.n_evals == 1 else budget.steps // budget.n_evals
-    cfg = TrainConfig(steps=budget.steps, lr=budget.lr, ema_decay=budget.ema_decay, grad_clip=budget.grad_clip,
-                      seed=seed, device=str(dev), eval_every=every, log_every=max(1, budget.steps // 50),
-                      progress=False)
-    run = run_method(method, target_data=task.target_train(), pretrained_model=pre,
-                     new_model=lambda: task.build_model(seed=seed), evaluate=_evaluator(task, budget),
-                     eval_key="w2", train_config=cfg, device=dev, **_method_options(budget, seed))
-    evals = [e for e in run.evals if "w2" in e]
-    final = {k: float(v) for k, v in evals[-1].items() if k != "step"}
-    model = T2.load_model(task, run.result.ema_model.state_dict())
-    return ScenarioRun(method=method, seed=seed, eval_steps=run.column(evals, "step", np.int64),
-                       w2=run.column(evals, "w2"), final=final,
-                       log_steps=run.column(run.logs, "step", np.int64),
-                       loss_target=run.column(run.logs, "target"), beta=run.column(run.logs, "beta"),
-                       samples=sample(task, model, budget).x.cpu())
+class ScenarioRunner(TaskRunner[T2.Task2D, Budget, ScenarioRun]):
+    """The scenarios' pieces of the shared runner: the scenario model (:func:`pretrain_scenario`)
+    for every method, the training seed of a task is its own seed, evaluations at
+    :meth:`Budget.eval_steps` with the final metrics of :func:`_metrics`."""
+
+    name = "scenario"
+    eval_key = "w2"
+    one_thread = True
+    task_type = T2.Task2D
+    config_type = Budget
+
+    def check(self, task: T2.Task2D, method: str, seed: int, budget: Budget) -> tuple[str, int]:
+        (method,) = check_methods([method])
+        if method not in SCENARIO_METHODS + ("scratch",):
+            raise ValueError(f"method must be one of {SCENARIO_METHODS + ('scratch',)} (fine-tuning methods "
+                             f"of the scenarios), got {method!r}")
+        return method, seed
+
+    def pretrained(self, task: T2.Task2D, method: str, budget: Budget, device: torch.device) -> nn.Module:
+        return pretrain_scenario(task, diffusion=budget.diffusion, t_eps=budget.t_eps, device=device)
+
+    def train_config(self, budget: Budget, seed: int, device: torch.device) -> TrainConfig:
+        every = budget.steps if budget.n_evals == 1 else budget.steps // budget.n_evals
+        return TrainConfig(steps=budget.steps, lr=budget.lr, ema_decay=budget.ema_decay,
+                           grad_clip=budget.grad_clip, seed=seed, device=str(device), eval_every=every,
+                           log_every=max(1, budget.steps // 50), progress=False)
+
+    def method_options(self, task: T2.Task2D, budget: Budget, seed: int) -> dict[str, Any]:
+        return _method_options(budget, seed)
+
+    def evaluator(self, task: T2.Task2D, budget: Budget,
+                  device: torch.device) -> Callable[[nn.Module, int], dict[str, float]]:
+        return _evaluator(task, budget)
+
+    def collect(self, task: T2.Task2D, method: str, seed: int, budget: Budget, run: MethodRun,
+                device: torch.device) -> ScenarioRun:
+        evals = [e for e in run.evals if "w2" in e]
+        final = {k: float(v) for k, v in evals[-1].items() if k != "step"}
+        model = T2.load_model(task, run.result.ema_model.state_dict())
+        return ScenarioRun(method=method, seed=seed, eval_steps=run.column(evals, "step", np.int64),
+                           w2=run.column(evals, "w2"), final=final,
+                           log_steps=run.column(run.logs, "step", np.int64),
+                           loss_target=run.column(run.logs, "target"), beta=run.column(run.logs, "beta"),
+                           samples=sample(task, model, budget).x.cpu())
+
+    def run_key(self, task: T2.Task2D, method: str, seed: int, budget: Budget) -> dict[str, Any]:
+        return {"task": task.as_dict(), "method": method, "budget": budget.as_dict()}
+
+
+RUNNER = ScenarioRunner()
 
 
 def run_scenario(task: T2.Task2D, method: str, budget: Budget, *,
@@ -332,21 +356,13 @@ def run_scenario(task: T2.Task2D, method: str, budget: Budget, *,
     """Fine-tune ``task``'s scenario model on ``task.target_train()`` with ``method`` (training seed
     = ``task.seed``), one of :data:`SCENARIO_METHODS` or ``scratch``. Cached on the task, method,
     budget and device type."""
-    (method,) = check_methods([method])
-    if method not in SCENARIO_METHODS + ("scratch",):
-        raise ValueError(f"method must be one of {SCENARIO_METHODS + ('scratch',)} (fine-tuning methods of "
-                         f"the scenarios), got {method!r}")
-    dev = resolve_device(device)
-    key = {"kind": "scenario-run", "task": task.as_dict(), "method": method, "budget": budget.as_dict(),
-           "device": dev.type}
-    with T2._single_thread():
-        return cached_torch(f"scenario-{method}", key, lambda: _run_uncached(task, method, task.seed, budget, dev))
+    return RUNNER.finetune(task, method, task.seed, budget, device=device)
 
 
 def run_grid(tasks: Sequence[T2.Task2D], methods: Sequence[str], budget: Budget, *,
              device: str | torch.device = "cpu") -> dict[str, list[ScenarioRun]]:
     """``{method: [run for each task]}`` (one task per seed; each run cached)."""
-    return {m: [run_scenario(t, m, budget, device=device) for t in tasks] for m in check_methods(methods)}
+    return RUNNER.run_methods([(t, t.seed) for t in tasks], check_methods(methods), budget, device=device)
 
 
 def final_values(runs: Mapping[str, Sequence[ScenarioRun]], key: str) -> dict[str, list[float]]:
@@ -383,10 +399,11 @@ def steps_to_level(runs: Mapping[str, Sequence[ScenarioRun]], *, tolerance: floa
     return level, {m: [ST.steps_to_reach(r.eval_steps, r.w2, level) for r in rs] for m, rs in runs.items()}
 
 
-def resolvable_margin(refs: Sequence[PretrainedReference], z: float = T2.Z_999) -> float:
-    """``z sqrt(2) SE``: the one-sided critical difference of two W2 evaluations, with SE the pooled
-    standard error over seeds, sqrt(mean_seed floor_se^2) (the same evaluation sizes for every seed,
-    so one SE; pooling the seeds' variances gives it n_seeds * (n_repeats - 1) degrees of freedom)."""
+def pooled_floor_se(refs: Sequence[PretrainedReference]) -> float:
+    """The pooled standard error of one W2 evaluation over seeds, sqrt(mean_seed floor_se^2) (the
+    same evaluation sizes for every seed, so one SE; pooling the seeds' variances gives it
+    n_seeds * (n_repeats - 1) degrees of freedom). The margin of "resolvably different" is
+    :func:`gftlib.experiments.checks.difference_margin` of it."""
     if not refs:
         raise ValueError("refs must hold at least one PretrainedReference, got none")
-    return float(z * math.sqrt(2.0) * math.sqrt(float(np.mean([r.floor_se**2 for r in refs]))))
+    return math.sqrt(float(np.mean([r.floor_se**2 for r in refs])))

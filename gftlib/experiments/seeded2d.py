@@ -5,7 +5,7 @@ pretrained model (``Task2D(seed=seed)``) and trains every method with that seed 
 caches). All methods of a unit therefore share the data, the pretrained model and the evaluation
 noise: their per-unit values are paired, and claims use paired tests over units
 (:func:`gftlib.experiments.claims.compare_claim` with ``paired=True``). Runs are cached by
-:func:`gftlib.experiments.tasks2d.finetune`.
+:func:`gftlib.experiments.tasks.toy2d.finetune`.
 
 :func:`unit_metrics` turns a unit's runs into the per-method numbers of the claims (this project's
 measures, THEORY "Measures used by the experiments"; :mod:`gftlib.eval.stability`, :mod:`gftlib.eval.diversity`).
@@ -24,7 +24,8 @@ from torch import nn
 
 from gftlib.data.datasets import make_2d
 from gftlib.eval.diversity import prdc
-from gftlib.experiments import tasks2d as T2
+from gftlib.experiments.tasks import toy2d as T2
+from gftlib.experiments.tasks.toy2d_eval import W2Reference, reference_distances
 from gftlib.experiments.claims import compare_claim
 from gftlib.eval.stability import (
     early_degradation,
@@ -75,7 +76,7 @@ class Unit:
     seed: int
     task: T2.Task2D
     pretrained: nn.Module
-    ref: T2.Reference
+    ref: W2Reference
     runs: dict[str, T2.FinetuneRun]
 
 
@@ -83,8 +84,9 @@ def run_unit(setup: T2.TaskSetup, seed: int, methods: Sequence[str]) -> Unit:
     """Pretrain (cached), measure the references and fine-tune every method for one seed."""
     task = seeded_task(setup.task, seed)
     pre = T2.pretrain(task, device=setup.device)
-    ref = T2.reference_distances(task, pre, n_repeats=setup.n_repeats, device=setup.device)
-    runs = {m: T2.finetune(task, m, seed, setup.config, device=setup.device) for m in methods}
+    ref = reference_distances(task, pre, n_repeats=setup.n_repeats, device=setup.device)
+    per_method = T2.run_methods(task, methods, [seed], setup.config, device=setup.device)
+    runs = {m: rs[0] for m, rs in per_method.items()}
     return Unit(pair=pair_name(task.source, task.target), seed=int(seed), task=task, pretrained=pre,
                 ref=ref, runs=runs)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 
-__all__ = ["set_style", "METHOD_COLORS", "method_color"]
+__all__ = ["set_style", "METHOD_COLORS", "method_color", "plot_mean_band"]
 
 _PALETTE = sns.color_palette("colorblind", 10)
 
@@ -41,3 +45,13 @@ def set_style() -> None:
         "svg.hashsalt": "gft",
         "path.simplify": True,
     })
+
+
+def plot_mean_band(ax: Any, x: Sequence[float], curves: Sequence[Sequence[float]], *, color: Any,
+                   label: str | None = None, **kwargs: Any) -> None:
+    """Mean over rows of ``curves`` (n_seeds, len(x)) as a line with a ± 1 std band (ddof = 1)."""
+    c = np.asarray(curves, dtype=np.float64)
+    mean = c.mean(axis=0)
+    std = c.std(axis=0, ddof=1) if c.shape[0] > 1 else np.zeros_like(mean)
+    ax.plot(x, mean, color=color, label=label, **kwargs)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)

@@ -47,7 +47,7 @@ from gftlib.locking import DirectoryBusy
 from gftlib.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from gftlib.schedules import SCHEDULES
 from gftlib.training.config import AMP_MODES, TrainConfig
-from gftlib.training.loop import train
+from gftlib.training import train
 
 __all__ = ["build_parser", "check_args", "main", "load_weights", "TASKS"]
 

@@ -37,7 +37,9 @@ from gftlib.data.datasets import image_patches, load_image_dataset, make_2d
 from gftlib.experiments import run_notebooks as RN
 from gftlib.experiments.methods import build_method
 from gftlib.experiments.profiles import resolve_parameters
-from gftlib.experiments.tasks2d import FinetuneConfig, Task2D, finetune, quality_vs_nfe
+from gftlib.experiments.tasks.budget import FinetuneConfig
+from gftlib.experiments.tasks.toy2d import Task2D, finetune
+from gftlib.experiments.tasks.toy2d_eval import quality_vs_nfe
 from gftlib.eval.features import load_inception_features
 from gftlib.theory.girsanov import simulate_log_likelihood_ratios
 from gftlib.paths.interpolants import Interpolant

@@ -1,7 +1,8 @@
 """Tests of gftlib.rng: the one module that derives seeds and seeds generators.
 
 The pinned values were computed with the helpers it replaced (gft.objectives._mix_seed and
-_fork_generator, experiments.tasks2d._generator, experiments.tasks_images._role_seed) before the
+_fork_generator, experiments.tasks2d._generator, experiments.tasks_images._role_seed; now
+experiments.tasks.toy2d.role_generator and experiments.tasks.images_data._role_seed) before the
 merge: committed results were drawn from these streams, so they must never change.
 """
 

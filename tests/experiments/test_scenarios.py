@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from gftlib.experiments import scenarios as SC
-from gftlib.experiments import tasks2d as T2
+from gftlib.experiments.checks import Z_999, difference_margin
 from gftlib.experiments.claims import apply_holm
 from gftlib.experiments.profiles import resolve_parameters
 from gftlib.experiments.scenario_setup import PROFILE_TABLE, claim_rows, resolve_setup
+from gftlib.experiments.tasks import toy2d as T2
 
 TINY = dict(n_target=16, n_target_pool=64, n_heldout=32, n_eval=32, n_source=128, hidden=8, depth=2,
             time_features=4, pretrain_steps=10, pretrain_batch=32, eval_steps=4)
@@ -123,12 +124,14 @@ def test_reference_and_null_memorization(tmp_path, monkeypatch, single_thread) -
     assert ref.floor > 0 and ref.floor_se >= 0 and "dopri_nfe" in ref.metrics
     f, z = SC.null_memorization(task)
     assert 0 <= f <= 1 and math.isfinite(z)
-    assert SC.resolvable_margin([ref]) == pytest.approx(T2.Z_999 * math.sqrt(2) * ref.floor_se)
+    assert SC.pooled_floor_se([ref]) == pytest.approx(ref.floor_se)
+    assert difference_margin(SC.pooled_floor_se([ref])) == Z_999 * math.sqrt(2) * ref.floor_se
     sde = SC.pretrained_reference(task, tiny_budget(diffusion=0.5), n_repeats=3)
     assert sde.floor == ref.floor and sde.metrics["w2"] != ref.metrics["w2"]  # shared floors, own model
     other = type(ref)(**{**ref.__dict__, "floor_se": 2 * ref.floor_se})
-    assert SC.resolvable_margin([ref, other]) == pytest.approx(
-        T2.Z_999 * math.sqrt(2) * ref.floor_se * math.sqrt(2.5))
+    assert SC.pooled_floor_se([ref, other]) == pytest.approx(ref.floor_se * math.sqrt(2.5))
+    with pytest.raises(ValueError, match="at least one PretrainedReference"):
+        SC.pooled_floor_se([])
 
 
 # ------------------------------------------------------------------------------------------ setup

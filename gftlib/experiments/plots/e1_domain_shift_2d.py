@@ -10,8 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gftlib.experiments.provenance import plotter
-from gftlib.experiments.style import method_color
-from gftlib.experiments.tasks2d import plot_mean_band
+from gftlib.experiments.style import method_color, plot_mean_band
 
 __all__ = ["w2_curves", "loss_beta", "paths", "samples", "PANELS"]
 
