@@ -15,7 +15,7 @@ from gftlib.experiments.provenance import dotted_name, figure_function  # noqa: 
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Notebooks whose figures are still drawn inline (moved once their other edits have landed).
-INLINE = {"e2_image_shift"}
+INLINE: set[str] = set()
 
 
 def _split(stem_name: str) -> tuple[str, str]:
