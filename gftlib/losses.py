@@ -29,7 +29,7 @@ from gftlib.types import VelocityField
 from gftlib.validation import check_bool, check_finite_number, check_tensor
 
 __all__ = ["DriftBatch", "LossTerms", "regression_loss", "cfm_loss", "gft_loss", "LOSS_REDUCTIONS",
-           "ElementMean"]
+           "ElementMean", "reduction_weight"]
 
 #: "sum": squared error summed over a sample's dimensions (gftlib's default); "mean": averaged over
 #: them too, i.e. over all elements of the batch (torchcfm's ``torch.mean((vt - ut) ** 2)``).
@@ -77,6 +77,14 @@ class ElementMean:
 
     def __repr__(self) -> str:
         return f"ElementMean(shape={self.shape})"
+
+
+def reduction_weight(reduction: str, shape: tuple[int, ...]) -> ElementMean | None:
+    """The time weight of ``reduction`` (:data:`LOSS_REDUCTIONS`) for samples of ``shape``: None
+    for "sum" (the losses' own sum over dimensions), :class:`ElementMean` for "mean"."""
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss reduction must be one of {list(LOSS_REDUCTIONS)}, got {reduction!r}")
+    return ElementMean(tuple(shape)) if reduction == "mean" else None
 
 
 def _resolve_weight(weight: Tensor | TimeWeight | None, t: Tensor, n: int, values: bool = True

@@ -56,7 +56,7 @@ fi
 if [[ -z "${WILDS_ROOT:-}" ]]; then
   WILDS_ROOT="$WORK/wilds"
   "$PY" -c "
-import sys; sys.path.insert(0, 'tests')
+import sys; sys.path.insert(0, 'tests/cli')
 from pathlib import Path
 from test_cli_recipe import fake_camelyon17
 fake_camelyon17(Path(sys.argv[1]), n_train=int(sys.argv[2]), n_val=int(sys.argv[2]) // 2)" "$WILDS_ROOT" "$N_FAKE"

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     """The options of pretrain (``finetune=False``) or finetune."""
     from gftlib.paths.couplings import COUPLINGS
     from gftlib.losses import LOSS_REDUCTIONS
+    from gftlib.models.torchcfm import TORCHCFM_RECIPE as R
     from gftlib.schedules import SCHEDULES
     from gftlib.training.config import AMP_MODES
 
@@ -54,9 +55,9 @@ def add_arguments(p: argparse.ArgumentParser, *, finetune: bool) -> None:
     p.add_argument("--workers", type=common.nonneg_int, default=2,
                    help="image decoding processes (disk data)")
     p.add_argument("--batch-size", type=common.positive_int, default=128, help="global batch (default 128)")
-    p.add_argument("--lr", type=common.positive_float, default=2e-4)
-    p.add_argument("--ema-decay", type=common.nonneg_float, default=0.9999)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip; <= 0 disables")
+    p.add_argument("--lr", type=common.positive_float, default=R["lr"])
+    p.add_argument("--ema-decay", type=common.nonneg_float, default=R["ema_decay"])
+    p.add_argument("--grad-clip", type=float, default=R["grad_clip"], help="gradient-norm clip; <= 0 disables")
     p.add_argument("--warmup-steps", type=common.nonneg_int, default=0)
     p.add_argument("--loss-reduction", choices=("auto",) + LOSS_REDUCTIONS, default="auto",
                    help="sum: squared error summed over dimensions (gftlib); mean: over all elements "
@@ -138,7 +139,9 @@ def _networks(args: argparse.Namespace, spec: ModelSpec, data: DataSpec, finetun
 def _reduction(args: argparse.Namespace, model_spec: dict[str, Any]) -> str:
     if args.loss_reduction != "auto":
         return args.loss_reduction
-    return "mean" if model_spec["kind"] == "torchcfm" else "sum"
+    from gftlib.models.torchcfm import TORCHCFM_RECIPE
+
+    return TORCHCFM_RECIPE["loss_reduction"] if model_spec["kind"] == "torchcfm" else "sum"
 
 
 def _fingerprint(args: argparse.Namespace, finetune: bool, reduction: str, size: int) -> dict[str, Any]:
@@ -156,9 +159,9 @@ def _fingerprint(args: argparse.Namespace, finetune: bool, reduction: str, size:
 
 def _method(args, finetune, target, pretrained, reduction, device):
     from gftlib.experiments.methods import build_method
-    from gftlib.losses import ElementMean
+    from gftlib.losses import reduction_weight
 
-    weight = ElementMean(tuple(target.shape[1:])) if reduction == "mean" else None
+    weight = reduction_weight(reduction, tuple(target.shape[1:]))
     if not finetune:
         return build_method("scratch", target_data=target, pretrained_model=None, batch_size=args.batch_size,
                             steps=args.steps, seed=args.data_seed, device=device, time_weight=weight)

@@ -103,16 +103,14 @@ def _legacy_spec(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def torchcfm_size_config(size: int) -> dict[str, Any]:
-    """``dim`` and ``attention_resolutions`` of the CIFAR-10 network at image side ``size``.
+    """:func:`gftlib.models.torchcfm.torchcfm_size_config`, as a CLIError naming ``--image-size``."""
+    from gftlib.models.torchcfm import torchcfm_size_config as size_config
 
-    torchcfm places attention at downsampling factor ``image_size // res`` ("16" at 32 px: factor 2,
-    the 16 x 16 level). Keeping factor 2 at any side (res = size // 2, e.g. "48" at 96 px) keeps the
-    checkpoint's attention blocks, so its state dict loads unchanged; "16" at 96 px would ask for
-    factor 6, which does not exist, and drop every attention block.
-    """
-    if size % 8:
-        raise CLIError("--image-size", size, "a multiple of 8 for torchcfm's CIFAR-10 network (3 downsamplings)")
-    return {"dim": [3, size, size], "attention_resolutions": str(size // 2)}
+    try:
+        return size_config(size)
+    except ValueError:
+        raise CLIError("--image-size", size, "a multiple of 8 for torchcfm's CIFAR-10 network "
+                       "(3 downsamplings)") from None
 
 
 def _load_torchcfm(option: str, path: str, image_size: int | None, ema: bool) -> LoadedModel:

@@ -4,7 +4,8 @@
 the internal sizes (model, pretraining, evaluation). :func:`resolve_setup` builds (and so validates)
 one :class:`gftlib.experiments.tasks.toy2d.Task2D` per seed and the four scenario budgets;
 :func:`claim_rows` turns per-seed values into claim rows (:func:`gftlib.experiments.claims.compare_claim`,
-paired by seed: every method of a seed shares its target sample, pretrained model and noise).
+paired by seed: every method of a seed shares its target sample, pretrained model and noise; the rows
+are built by :func:`gftlib.experiments.seeded2d.claim_rows`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any
 
 import torch
 
+from gftlib.experiments import seeded2d as S2
 from gftlib.experiments.tasks import toy2d as T2
-from gftlib.experiments.claims import compare_claim
 from gftlib.experiments.methods import check_methods
-from gftlib.experiments.profiles import PROFILES
+from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, Budget, task_for_seed
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
-__all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "ScenarioSetup", "resolve_setup", "claim_rows"]
+__all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "DRY_RUN_SIZES", "DRY_RUN_SETTINGS", "ScenarioSetup", "resolve_setup", "claim_rows"]
 
 #: User-facing knobs of notebooks/e5_scenarios.ipynb per profile.
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
@@ -53,6 +54,13 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "refresh_every": 50, "stress_evals": 20, "em_steps": 64, "n_repeats": 20},
 }
 
+
+#: Dry-run sizes (``dry_run=True``): any profile's scenarios and methods at tiny sizes, for the tests.
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "n_targets": [16, 32], "steps": 6, "batch_size": 8}
+DRY_RUN_SETTINGS: dict[str, Any] = {
+    "hidden": 8, "time_features": 4, "n_source": 64, "pretrain_steps": 4, "pretrain_batch": 32,
+    "n_target_pool": 64, "n_heldout": 32, "n_eval": 32, "eval_steps": 2, "cache_size": 16,
+    "n_trajectories": 8, "refresh_every": 3, "stress_evals": 2, "em_steps": 4, "n_repeats": 2}
 
 @dataclass(frozen=True)
 class ScenarioSetup:
@@ -86,7 +94,8 @@ def _n_targets(value: Any, pool: int) -> tuple[int, ...]:
 
 def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
     """Build and validate E5's tasks and budgets from the resolved notebook parameters."""
-    s = PROFILE_SETTINGS[check_choice("profile", params["profile"], PROFILES)]
+    s = profile_values(PROFILE_SETTINGS, check_choice("profile", params["profile"], PROFILES),
+                       dry_run=params.get("dry_run", False), dry_run_sizes=DRY_RUN_SETTINGS)
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
     if "reflow" in methods or "scratch" in methods:
@@ -117,12 +126,9 @@ def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
 
 def claim_rows(claim: str, metric: str, better: str, values: Mapping[str, Sequence[float]], *,
                scenario: str, figure: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """One paired claim row per (GFT form, baseline) present in ``values`` ({method: per-seed values})."""
-    rows = []
-    for gft in GFT_FORMS:
-        for base in BASELINES:
-            if gft in values and base in values:
-                rows.append(compare_claim(claim, metric, better, values[gft], values[base], gft_method=gft,
-                                          baseline_method=base, scenario=scenario, figure=figure,
-                                          paired=True, seeds=seeds))
-    return rows
+    """One paired claim row per (GFT form, baseline) present in ``values`` ({method: per-seed values}):
+    :func:`gftlib.experiments.seeded2d.claim_rows` for one difference claim, in E5's order (GFT forms
+    as :data:`gftlib.experiments.scenarios.GFT_FORMS`, baselines as ``BASELINES``)."""
+    spec = {"claim": claim, "metric": metric, "better": better, "figure": figure}
+    return S2.claim_rows([spec], {m: {metric: v} for m, v in values.items()}, scenario=scenario,
+                         seeds=seeds, figure_prefix="", gft_forms=GFT_FORMS, baselines=BASELINES)

@@ -18,8 +18,8 @@ from gftlib.models.adapters import (ADAPTER_SIGNATURES, ADAPTER_TIME_SHAPES, Vel
                                    flow_matching_velocity)
 from gftlib.models.embeddings import SinusoidalTimeEmbedding, sinusoidal_embedding
 from gftlib.models.mlp import ACTIVATIONS, MLPVelocity
-from gftlib.models.torchcfm import (TORCHCFM_CIFAR10, TorchCFMVelocity, load_torchcfm, save_torchcfm,
-                                   torchcfm_state_dict)
+from gftlib.models.torchcfm import (TORCHCFM_CIFAR10, TORCHCFM_RECIPE, TorchCFMVelocity, load_torchcfm,
+                                   save_torchcfm, torchcfm_state_dict)
 from gftlib.models.unet import UNET_CONFIGS, UNetVelocity, to_fast_layout, unet_config
 from gftlib.models.unet_blocks import group_count
 from gftlib.validation import check_choice
@@ -38,6 +38,7 @@ __all__ = [
     "group_count",
     "to_fast_layout",
     "TORCHCFM_CIFAR10",
+    "TORCHCFM_RECIPE",
     "TorchCFMVelocity",
     "load_torchcfm",
     "save_torchcfm",

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from gftlib.io import atomic_torch_save
 
-__all__ = ["TORCHCFM_CIFAR10", "TorchCFMVelocity", "load_torchcfm", "save_torchcfm",
-           "torchcfm_state_dict"]
+__all__ = ["TORCHCFM_CIFAR10", "TORCHCFM_RECIPE", "TorchCFMVelocity", "load_torchcfm", "save_torchcfm",
+           "torchcfm_size_config", "torchcfm_state_dict"]
 
 #: torchcfm's CIFAR-10 architecture (examples/images/cifar10/train_cifar10.py): 35,746,307 parameters.
 TORCHCFM_CIFAR10: dict[str, Any] = {
@@ -41,6 +41,13 @@ TORCHCFM_CIFAR10: dict[str, Any] = {
     "num_head_channels": 64,
     "dropout": 0.1,
 }
+
+#: torchcfm's optimiser and loss (examples/images/cifar10/train_cifar10.py): Adam at lr 2e-4 (gftlib's
+#: AdamW with weight_decay 0 is Adam), gradient-norm clip 1, EMA 0.9999, squared error averaged over
+#: all elements (gftlib.losses.ElementMean). What ``gft finetune`` and E2 use when they start from a
+#: torchcfm network. (torchcfm also warms the lr up over 5000 steps when it trains from scratch;
+#: fine-tuning starts at the full lr.)
+TORCHCFM_RECIPE: dict[str, Any] = {"lr": 2e-4, "grad_clip": 1.0, "ema_decay": 0.9999, "loss_reduction": "mean"}
 
 _INSTALL = "pip install --no-deps torchcfm==1.0.7"
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
@@ -97,6 +104,20 @@ class TorchCFMVelocity(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},) or be a scalar, got {tuple(t.shape)}")
         return self.net(t, x, y)
+
+
+def torchcfm_size_config(size: int) -> dict[str, Any]:
+    """``dim`` and ``attention_resolutions`` of the CIFAR-10 network at image side ``size``.
+
+    torchcfm places attention at downsampling factor ``image_size // res`` ("16" at 32 px: factor 2,
+    the 16 x 16 level). Keeping factor 2 at any side (res = size // 2, e.g. "48" at 96 px) keeps the
+    checkpoint's attention blocks, so its state dict loads unchanged; "16" at 96 px would ask for
+    factor 6, which does not exist, and drop every attention block. ValueError unless size % 8 == 0.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8:
+        raise ValueError(f"image size must be a multiple of 8 for torchcfm's CIFAR-10 network "
+                         f"(3 downsamplings), got {size!r}")
+    return {"dim": [3, size, size], "attention_resolutions": str(size // 2)}
 
 
 def _strip(state: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":

@@ -168,3 +168,77 @@ def test_zero_variance_uses_the_exact_randomization_test() -> None:
     assert eq["p_equivalent"] == pytest.approx(0.5**5) and eq["p_worse"] == 1.0
     far = S.tost([2.0] * 5, [1.0] * 5, margin=0.5, better="lower", paired=True)  # worse by 1 > 0.5
     assert far["p_equivalent"] == 1.0 and far["p_worse"] == pytest.approx(0.5**5)
+
+
+def _equivalence_rows(rng: np.random.Generator, n_rows: int, n_seeds: int, delta: float, margin: float,
+                      paired: bool, noise: float = 1.0) -> list[dict]:
+    """Equivalence claim rows (lower is better) whose true GFT - baseline difference is ``delta``."""
+    rows = []
+    for j in range(n_rows):
+        seed_effect = rng.normal(0.0, 3.0, n_seeds) if paired else np.zeros(n_seeds)
+        base = seed_effect + rng.normal(0.0, noise, n_seeds)
+        gft = seed_effect + delta + rng.normal(0.0, noise, n_seeds)
+        rows.append(compare_claim("c", "m", "lower", gft, base, gft_method="gft", baseline_method="ft",
+                                  scenario=f"s{j}", figure="", paired=paired, kind="equivalence",
+                                  margin=margin))
+    return rows
+
+
+@pytest.mark.parametrize(("paired", "n_seeds"), [(True, 3), (False, 5)])
+def test_equivalence_at_the_margin_is_declared_at_most_alpha(paired: bool, n_seeds: int) -> None:
+    """True difference exactly +-margin (the least favourable point of H0: |delta| >= margin): the rate of
+    "equivalent" verdicts (``reproduced`` on an equivalence row) is at most alpha within 3 binomial SE,
+    for one row (its two hypotheses Holm-corrected) and for a family of 8 rows (family-wise). At
+    delta = +margin (GFT worse by exactly the margin) "worse by more than the margin" (``not
+    reproduced``) is the other null boundary: also at most alpha. Control: the same family without
+    Holm (any raw TOST p < alpha) exceeds alpha, so the Monte Carlo can see a wrong rule."""
+    rng = np.random.default_rng(2024 + n_seeds + 10 * paired)
+    # noise small against the margin: TOST is then close to its nominal level (with a standard error
+    # comparable to the margin it is very conservative and the test below would be weak)
+    alpha, margin, noise, reps = 0.05, 0.8, 0.25, 1000
+    se = math.sqrt(alpha * (1 - alpha) / reps)
+    for delta in (margin, -margin):
+        single = [apply_holm(_equivalence_rows(rng, 1, n_seeds, delta, margin, paired, noise), alpha=alpha)[0]
+                  for _ in range(reps)]
+        assert np.mean([r["verdict"] == "reproduced" for r in single]) <= alpha + 3 * se
+        if delta > 0:
+            assert np.mean([r["verdict"] == "not reproduced" for r in single]) <= alpha + 3 * se
+    fam_reps = 300
+    fam_se = math.sqrt(alpha * (1 - alpha) / fam_reps)
+    hits = raw_hits = 0
+    for _ in range(fam_reps):
+        rows = _equivalence_rows(rng, 8, n_seeds, margin, margin, paired, noise)
+        raw_hits += any(r["p_raw"] < alpha for r in rows)
+        hits += any(r["verdict"] == "reproduced" for r in apply_holm(rows, alpha=alpha))
+    assert hits / fam_reps <= alpha + 3 * fam_se
+    assert raw_hits / fam_reps > alpha + 3 * fam_se
+
+
+def test_equivalence_is_declared_when_it_holds() -> None:
+    """Control (the rule is not 'always inconclusive'): true difference 0 and noise small against the
+    margin: the rate of "equivalent" verdicts is at least TOST's analytic power (normal approximation
+    bounded below by the t quantile), within 3 binomial SE, and "worse" is never declared."""
+    rng = np.random.default_rng(31)
+    alpha, margin, n, noise, reps = 0.05, 0.8, 5, 0.1, 300
+    rows = [apply_holm(_equivalence_rows(rng, 1, n, 0.0, margin, True, noise=noise), alpha=alpha)[0]
+            for _ in range(reps)]
+    rate = np.mean([r["verdict"] == "reproduced" for r in rows])
+    # d = gft - base ~ N(0, 2 noise^2); TOST rejects when |mean d| + t_{1-alpha/2, n-1} se < margin (Holm over
+    # the row's 2 hypotheses: the smaller p is compared with alpha / 2). Lower bound: se at its 99.9 % quantile.
+    sd = math.sqrt(2) * noise
+    se_hi = sd * math.sqrt(st.chi2.ppf(0.999, n - 1) / (n - 1)) / math.sqrt(n)
+    room = margin - st.t.ppf(1 - alpha / 2, n - 1) * se_hi
+    analytic = (2 * st.norm.cdf(room / (sd / math.sqrt(n))) - 1) - 0.001
+    assert analytic > 0.9
+    assert rate >= analytic - 3 * math.sqrt(analytic * (1 - analytic) / reps)
+    assert not any(r["verdict"] == "not reproduced" for r in rows)
+
+
+def test_every_claim_row_names_its_baseline() -> None:
+    """A row without a named baseline (or GFT form) is refused, so no summary row can omit it."""
+    kw = dict(gft_method="gft-coupling", scenario="s", figure="", paired=True)
+    row = compare_claim("c", "m", "lower", [1.0, 2.0], [1.5, 2.5], baseline_method="ft-ot", **kw)
+    assert row["baseline_method"] == "ft-ot"
+    for bad in ("", None):
+        with pytest.raises(ValueError, match="baseline_method must be a non-empty string"):
+            compare_claim("c", "m", "lower", [1.0, 2.0], [1.5, 2.5], baseline_method=bad, **kw)

@@ -18,7 +18,7 @@ TABLE = {"smoke": {"n": 10, "betas": [1.0]}, "quick": {"n": 100, "betas": [1.0]}
 
 def test_profile_defaults_and_explicit_override() -> None:
     p = resolve_parameters(TABLE, profile="quick", seed=3, device="cpu", n=None, betas=[0.5])
-    assert p == {"seed": 3, "profile": "quick", "device": "cpu", "n": 100, "betas": [0.5]}
+    assert p == {"seed": 3, "profile": "quick", "device": "cpu", "dry_run": False, "n": 100, "betas": [0.5]}
 
 
 @pytest.mark.parametrize("kwargs, err, match", [

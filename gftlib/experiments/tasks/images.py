@@ -43,21 +43,23 @@ import torch
 from torch import Tensor, nn
 
 from gftlib.eval.features import INCEPTION_URL, InceptionFeatures, load_inception_features
+from gftlib.experiments import image_checkpoints as IC
 from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import METHODS, MethodRun, check_methods
-from gftlib.experiments.profiles import PROFILES
+from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.experiments.tasks.budget import FinetuneConfig
 from gftlib.experiments.tasks.images_data import (ImageTask, check_optional_path, normalize_model_config,
                                                   sliced_w2)
 from gftlib.experiments.tasks.runner import (RunRecord, TaskRunner, load_weights, pretrain_source,
                                              record_fields)
 from gftlib.gft.objective import FlowMatchingObjective
-from gftlib.models import count_parameters
+from gftlib.losses import reduction_weight
+from gftlib.models import TORCHCFM_RECIPE, count_parameters
 from gftlib.solvers.ode import sample_ode
 from gftlib.training import AMP_MODES, TrainConfig
 from gftlib.validation import check_choice, check_existing_path, check_positive_int, resolve_device
 
-__all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "NO_TARGET_TERM", "QUICK_METHODS", "ImageFinetuneConfig",
+__all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "DRY_RUN_SIZES", "DRY_RUN_SETTINGS", "NO_TARGET_TERM", "QUICK_METHODS", "ImageFinetuneConfig",
            "ImageSetup", "Generated", "ImageRun", "ImageRunner", "resolve_setup", "pretrain", "generate",
            "generate_pretrained", "finetune", "run_methods"]
 
@@ -65,27 +67,34 @@ __all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "NO_TARGET_TERM", "QUICK_METHODS
 NO_TARGET_TERM: tuple[str, ...] = ("reflow",)
 
 #: Methods of the quick profile: GFT (coupling form) and the three baselines every claim is tested
-#: against (ft, ft-ot, l2-reg), 3 seeds each within the CPU budget; gft-drift, scratch and reflow run
+#: against (ft, ft-ot, l2-reg), 5 seeds each within the CPU budget; gft-drift, scratch and reflow run
 #: on the other profiles (and on request: ``methods``). E1 compares both GFT forms in 2-D.
 QUICK_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-coupling")
 
 #: The notebook's user-facing knobs per profile. ``methods`` is a list of names from METHODS;
 #: ``model_config`` a name in gftlib.models.UNET_CONFIGS or a dict of UNetVelocity overrides
-#: (optionally with "config": base name); ``image_size`` overrides the config's.
+#: (optionally with "config": base name), or "torchcfm" / {"config": "torchcfm", ...} for torchcfm's
+#: UNetModelWrapper (CIFAR-10 architecture + overrides); ``image_size`` overrides the config's.
+#: ``pretrained_checkpoint``: :mod:`gftlib.experiments.image_checkpoints` ("pretrain", a path, or
+#: "required": the paper profile starts from torchcfm's CIFAR-10 release, a path the user gives).
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
     "smoke": {"n_seeds": 1, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 8, "model_config": "tiny", "n_target": 64,
               "pretrain_steps": 60, "steps": 6, "batch_size": 16, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(METHODS), "nfe": 3},
-    "quick": {"n_seeds": 3, "dataset": "skimage", "data_root": None, "pretrain_root": None,
+    "quick": {"n_seeds": 5, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 16, "model_config": "tiny", "n_target": 256,
               "pretrain_steps": 350, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(QUICK_METHODS), "nfe": 8},
     "paper": {"n_seeds": 3, "dataset": "skimage", "data_root": None, "pretrain_root": None,
-              "inception_weights": None, "image_size": 32, "model_config": "cifar10", "n_target": 5000,
+              "pretrained_checkpoint": IC.REQUIRED,
+              "inception_weights": None, "image_size": 32, "model_config": IC.TORCHCFM, "n_target": 5000,
               "pretrain_steps": 100_000, "steps": 20_000, "batch_size": 128, "beta0": 2.0,
               "schedule_kind": "cosine", "methods": list(METHODS), "nfe": 50},
 }
+
+for _profile in ("smoke", "quick"):  # pretrain the source model here
+    PROFILE_TABLE[_profile]["pretrained_checkpoint"] = IC.PRETRAIN
 
 #: Internal per-profile settings. Sizes: ``n_source`` pretraining images, ``n_heldout`` held-out
 #: target images (H), ``n_eval`` generated images per evaluation (and per reference sample),
@@ -111,17 +120,29 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "n_projections": 512, "amp": "bf16", "eval_chunk": 500},
 }
 
+#: Dry-run sizes (``dry_run=True``, :func:`gftlib.experiments.profiles.profile_values`): a profile's
+#: code path (data source, methods, model kind, checkpoint, schedule) at tiny sizes, for the tests.
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "image_size": 8, "n_target": 16, "pretrain_steps": 2,
+                                 "steps": 2, "batch_size": 4, "nfe": 2}
+DRY_RUN_SETTINGS: dict[str, Any] = {
+    "n_source": 16, "n_heldout": 16, "n_eval": 8, "n_null": 3, "n_loss": 8, "n_curve": 4, "n_evals": 1,
+    "n_grid": 4, "pretrain_batch": 4, "cache_size": 8, "n_trajectories": 4, "time_grid": 2,
+    "feature_width": 8, "n_projections": 16, "eval_chunk": 8}
+
 @dataclass(frozen=True)
 class ImageFinetuneConfig(FinetuneConfig):
     """The 2-D task's fine-tuning budget plus the image settings: drift-cache ``time_grid``, the
     pretrained sampler's ``solver_steps`` (Euler; the caches use it), ``amp`` ("none" | "bf16"),
-    ``n_curve`` images for the sliced-W2 curve over training; no dopri5 evaluations by default."""
+    ``n_curve`` images for the sliced-W2 curve over training; no dopri5 evaluations by default;
+    ``loss_reduction`` of the training losses (gftlib.losses.LOSS_REDUCTIONS: "sum" over a sample's
+    dimensions, or torchcfm's "mean" over all elements)."""
 
     dopri_fractions: tuple[float, ...] = ()
     time_grid: int = 8
     solver_steps: int = 8
     amp: str = "none"
     n_curve: int = 64
+    loss_reduction: str = "sum"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +151,7 @@ class ImageFinetuneConfig(FinetuneConfig):
         put("solver_steps", check_positive_int("solver_steps", self.solver_steps))
         put("amp", check_choice("amp", self.amp, AMP_MODES))
         put("n_curve", check_positive_int("n_curve", self.n_curve, minimum=2))
+        reduction_weight(self.loss_reduction, (1,))  # validates the name
 
     def method_options(self, seed: int) -> dict[str, Any]:
         return {**super().method_options(seed), "time_grid": self.time_grid, "solver_method": "euler",
@@ -168,7 +190,11 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
     (FileNotFoundError naming a missing path), and checks ``n_target`` / the local set's size.
     """
     profile = check_choice("profile", params["profile"], PROFILES)
-    s = PROFILE_SETTINGS[profile]
+    s = profile_values(PROFILE_SETTINGS, profile, dry_run=params.get("dry_run", False),
+                       dry_run_sizes=DRY_RUN_SETTINGS)
+    checkpoint = IC.check_pretrained_checkpoint(params.get("pretrained_checkpoint", IC.PRETRAIN))
+    if checkpoint is not None:  # fine-tuning torchcfm's network: torchcfm's optimiser and loss scale
+        s = {**s, "lr": TORCHCFM_RECIPE["lr"], "ema_decay": TORCHCFM_RECIPE["ema_decay"]}
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
     device = resolve_device(params["device"])
@@ -177,7 +203,8 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
     amp = s["amp"] if device.type == "cuda" else "none"
     task = ImageTask(
         dataset=params["dataset"], data_root=params["data_root"], pretrain_root=params["pretrain_root"],
-        image_size=image_size, model_config=normalize_model_config(params["model_config"], image_size),
+        pretrained_checkpoint=checkpoint, image_size=image_size,
+        model_config=normalize_model_config(params["model_config"], image_size),
         n_target=params["n_target"], n_source=s["n_source"], n_heldout=s["n_heldout"], n_eval=s["n_eval"],
         n_null=s["n_null"], n_loss=s["n_loss"], n_grid=s["n_grid"], patch_crop=s["patch_crop"],
         seed=params["seed"], pretrain_steps=params["pretrain_steps"], pretrain_batch=s["pretrain_batch"],
@@ -192,7 +219,8 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
         steps=steps, batch_size=params["batch_size"], lr=s["lr"], ema_decay=s["ema_decay"],
         beta0=params["beta0"], schedule_kind=params["schedule_kind"], cache_size=s["cache_size"],
         n_trajectories=s["n_trajectories"], n_evals=min(s["n_evals"], steps), time_grid=s["time_grid"],
-        solver_steps=nfe, amp=amp, n_curve=min(s["n_curve"], task.n_eval))
+        solver_steps=nfe, amp=amp, n_curve=min(s["n_curve"], task.n_eval),
+        loss_reduction="sum" if checkpoint is None else TORCHCFM_RECIPE["loss_reduction"])
     if config.batch_size > task.n_target:
         raise ValueError(f"batch_size must be <= n_target={task.n_target} (one batch of distinct target "
                          f"images), got {config.batch_size}")
@@ -211,8 +239,11 @@ def resolve_setup(params: Mapping[str, Any]) -> ImageSetup:
 # --------------------------------------------------------------------------------------------- training
 def pretrain(task: ImageTask, *, device: str | torch.device = "cpu") -> nn.Module:
     """The source model: CFM (``task.pretrain_coupling``) on ``task.source_train()`` from a random
-    init seeded with ``task.seed``; returns the EMA network (eval mode, no gradients, CPU). Cached."""
+    init seeded with ``task.seed``; returns the EMA network (eval mode, no gradients, CPU). Cached.
+    With ``task.pretrained_checkpoint``: that checkpoint's EMA network instead (nothing is trained)."""
     dev = resolve_device(device)
+    if task.pretrained_checkpoint is not None:
+        return IC.load_checkpoint_model(task.pretrained_checkpoint, task.model_kwargs())
     objective = lambda: FlowMatchingObjective(  # noqa: E731
         task.source_train().to(dev), batch_size=task.pretrain_batch, coupling=task.pretrain_coupling,
         seed=task.seed)
@@ -309,7 +340,7 @@ class ImageRunner(TaskRunner[ImageTask, ImageFinetuneConfig, ImageRun]):
     task_type = ImageTask
     config_type = ImageFinetuneConfig
     scratch_ignores = ("pretrain_root", "n_source", "pretrain_steps", "pretrain_batch", "pretrain_lr",
-                       "pretrain_coupling")
+                       "pretrain_coupling", "pretrained_checkpoint", "pretrained_checkpoint_sha256")
 
     def pretrained(self, task: ImageTask, method: str, config: ImageFinetuneConfig,
                    device: torch.device) -> nn.Module | None:
@@ -321,7 +352,8 @@ class ImageRunner(TaskRunner[ImageTask, ImageFinetuneConfig, ImageRun]):
                            log_every=max(1, config.steps // 40), progress=False)
 
     def method_options(self, task: ImageTask, config: ImageFinetuneConfig, seed: int) -> dict[str, Any]:
-        return {"chunk_size": task.eval_chunk, **config.method_options(seed)}
+        return {"chunk_size": task.eval_chunk, **config.method_options(seed),
+                "time_weight": reduction_weight(config.loss_reduction, task.shape)}
 
     def evaluator(self, task: ImageTask, config: ImageFinetuneConfig,
                   device: torch.device) -> Callable[[nn.Module, int], dict[str, float]]:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from gftlib.data.datasets import image_patches, load_image_dataset
 from gftlib.eval.metrics import sliced_wasserstein
+from gftlib.experiments import image_checkpoints as IC
 from gftlib.models import UNET_CONFIGS, build_model, unet_config
 from gftlib.rng import seeded_generator, stream_seed
 from gftlib.training import AMP_MODES
@@ -90,21 +91,24 @@ def check_optional_path(name: str, value: Any) -> str | None:
 
 
 def normalize_model_config(model_config: Any, image_size: int) -> tuple[tuple[str, Any], ...]:
-    """UNetVelocity kwargs (as sorted items, lists made tuples) from a name or a dict of overrides."""
+    """UNetVelocity kwargs (as sorted items, lists made tuples) from a name or a dict of overrides;
+    torchcfm's network ("torchcfm" or {"config": "torchcfm", ...}) adds ``("kind", "torchcfm")``."""
+    if IC.is_torchcfm_config(model_config):
+        return IC.torchcfm_model_items(model_config, image_size)
     if isinstance(model_config, str):
-        cfg = unet_config(check_choice("model_config", model_config, UNET_CONFIGS))
+        cfg = unet_config(check_choice("model_config", model_config, UNET_CONFIGS + (IC.TORCHCFM,)))
     elif isinstance(model_config, Mapping):
         extra = dict(model_config)
         base = extra.pop("config", None)
         if base is not None:
-            base = check_choice("model_config['config']", base, UNET_CONFIGS)
+            base = check_choice("model_config['config']", base, UNET_CONFIGS + (IC.TORCHCFM,))
         cfg = unet_config(base) if base is not None else {}
         if "image_size" in extra and extra["image_size"] != image_size:
             raise ValueError(f"model_config['image_size']={extra['image_size']!r} conflicts with "
                              f"image_size={image_size}; set image_size only")
         cfg.update(extra)
     else:
-        names = ", ".join(map(repr, UNET_CONFIGS))
+        names = ", ".join(map(repr, UNET_CONFIGS + (IC.TORCHCFM,)))
         raise TypeError(f"model_config must be a UNet config name ({names}) or a "
                         f"dict of UNetVelocity arguments, got {model_config!r}")
     cfg["image_size"] = image_size
@@ -131,12 +135,14 @@ class ImageTask:
     and the pretraining. Pretraining: ``pretrain_steps`` AdamW steps of ``pretrain_batch`` at
     ``pretrain_lr`` with ``pretrain_coupling`` (OT-CFM by default). Evaluation: Euler with ``nfe``
     steps; RandomConvFeatures(seed=0, width=feature_width, depth=feature_depth); sliced W2 with
-    ``n_projections`` fixed directions.
+    ``n_projections`` fixed directions. ``pretrained_checkpoint``: a torchcfm checkpoint whose EMA
+    network is the pretrained model (:mod:`gftlib.experiments.image_checkpoints`; None: pretrain here).
     """
 
     dataset: str = "skimage"
     data_root: str | None = None
     pretrain_root: str | None = None
+    pretrained_checkpoint: str | None = None
     image_size: int = 16
     model_config: tuple[tuple[str, Any], ...] = ()
     n_target: int = 256
@@ -165,6 +171,7 @@ class ImageTask:
         put("dataset", _check_dataset(self.dataset))
         put("data_root", check_optional_path("data_root", self.data_root))
         put("pretrain_root", check_optional_path("pretrain_root", self.pretrain_root))
+        put("pretrained_checkpoint", check_optional_path("pretrained_checkpoint", self.pretrained_checkpoint))
         if self.dataset == "skimage" and self.data_root is not None:
             raise ValueError(f"data_root is only used with dataset 'cifar10' or 'wilds-<name>'; dataset "
                              f"'skimage' needs none, got data_root={self.data_root!r}")
@@ -196,12 +203,20 @@ class ImageTask:
                              f"{2 ** (self.feature_depth - 1)} pixels, got image_size={self.image_size}")
         if not self.model_config:
             put("model_config", normalize_model_config("tiny", self.image_size))
+        IC.check_checkpoint_task(self.pretrained_checkpoint, self.model_kind, self.pretrain_root)
 
     # -- description
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["model_config"] = dict(self.model_config)
+        if self.pretrained_checkpoint is not None:  # cache keys follow the file's content
+            d["pretrained_checkpoint_sha256"] = IC.checkpoint_sha256(self.pretrained_checkpoint)
         return d
+
+    @property
+    def model_kind(self) -> str:
+        """"unet" (gftlib's UNetVelocity) or "torchcfm" (torchcfm's UNetModelWrapper)."""
+        return dict(self.model_config).get("kind", "unet")
 
     @property
     def downsample(self) -> int:
@@ -221,10 +236,10 @@ class ImageTask:
         return (3, self.image_size, self.image_size)
 
     def model_kwargs(self) -> dict[str, Any]:
-        return dict(self.model_config)
+        return {k: v for k, v in self.model_config if k != "kind"}
 
     def build_model(self, *, seed: int | None = None) -> nn.Module:
-        return build_model("unet", seed=seed, **self.model_kwargs())
+        return build_model(self.model_kind, seed=seed, **self.model_kwargs())
 
     def pretrain_key(self) -> dict[str, Any]:
         """Fields that determine the pretrained model (target-side fields excluded)."""
@@ -232,6 +247,9 @@ class ImageTask:
                 "pretrain_batch", "pretrain_lr", "pretrain_coupling", "amp")
         d = {k: getattr(self, k) for k in keys}
         d["model_config"] = dict(self.model_config)
+        if self.pretrained_checkpoint is not None:  # loaded, not trained: only the file and network count
+            d = {"pretrained_checkpoint_sha256": IC.checkpoint_sha256(self.pretrained_checkpoint),
+                 "model_config": d["model_config"]}
         return d
 
     # -- source
@@ -254,7 +272,8 @@ class ImageTask:
             image_patches("natural", size=self.image_size, n=1, downsample=self.downsample,
                           train_fraction=_SOURCE_TRAIN_FRACTION)
         else:
-            self.source_train()
+            if self.pretrained_checkpoint is None:  # a checkpoint is not pretrained here
+                self.source_train()
             self.source_reference()
         if self.dataset == "skimage":
             image_patches("ihc", size=self.image_size, n=1, downsample=self.downsample,

@@ -1,6 +1,7 @@
 """Evaluation of E2's image task (:mod:`gftlib.experiments.tasks.images`) against the held-out
 target set H: feature Fréchet distance (:class:`gftlib.eval.features.RandomConvFeatures`, not FID),
-pixel sliced W2 and, with an Inception network, FID (:func:`distances`); their reference values
+pixel sliced W2 and, with an Inception network, FID (:func:`distances`); diversity in the same
+feature space (:func:`feature_prdc`: precision, recall, density, coverage); their reference values
 (:func:`reference_metrics`: a null distribution from independent held-out samples, a sample of the
 training distribution, the source, the evaluation noise and the pretrained model); the source-side
 check (:func:`source_reference`); the paired held-out-loss test (:func:`paired_decrease`) and the
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gftlib.eval.diversity import prdc
 from gftlib.eval.features import InceptionFeatures, RandomConvFeatures, extract_features
 from gftlib.eval.metrics import frechet_distance
 from gftlib.experiments.methods import METHODS
@@ -25,9 +27,9 @@ from gftlib.experiments.tasks.images import Generated
 from gftlib.experiments.tasks.images_data import ImageTask, clamp_images, sliced_w2
 from gftlib.validation import check_choice, check_positive_int, resolve_device
 
-__all__ = ["feature_extractor", "DistanceSet", "distances", "DistanceReference", "reference_metrics",
-           "SourceReference", "source_reference", "PairedDecrease", "paired_decrease", "initial_heldout_loss",
-           "image_grid"]
+__all__ = ["feature_extractor", "DistanceSet", "distances", "feature_prdc", "DistanceReference",
+           "reference_metrics", "SourceReference", "source_reference", "PairedDecrease", "paired_decrease",
+           "initial_heldout_loss", "image_grid"]
 
 
 def feature_extractor(task: ImageTask, *, device: str | torch.device = "cpu") -> RandomConvFeatures:
@@ -72,6 +74,16 @@ def distances(task: ImageTask, images: Sequence[Tensor], *, inception: Inception
     """:class:`DistanceSet` of each image set in ``images`` to the held-out target set H."""
     measure = _Features(task, feature_extractor(task, device=device), inception, task.target_heldout())
     return [measure(x) for x in images]
+
+
+def feature_prdc(task: ImageTask, images: Sequence[Tensor], *, k: int = 5,
+                 device: str | torch.device = "cpu") -> list[dict[str, float]]:
+    """Diversity in feature space: :func:`gftlib.eval.diversity.prdc` (precision, recall, density,
+    coverage; k nearest neighbours) of each image set (n, 3, S, S) against the held-out set H, both
+    in the features of the Fréchet distance (RandomConvFeatures(seed=0, width, depth); images clamped)."""
+    extractor = feature_extractor(task, device=device)
+    held = extract_features(clamp_images(task.target_heldout()), extractor)
+    return [prdc(held, extract_features(clamp_images(x), extractor), k=k) for x in images]
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class TaskRunner(ABC, Generic[TaskT, ConfigT, RunT]):
     evaluation row holds (:func:`gftlib.experiments.methods.run_method`); ``one_thread``: run with
     one CPU thread (:func:`single_thread`); ``task_type``/``config_type``: the accepted argument
     types; ``scratch_ignores``: the task fields a "scratch" run does not depend on (dropped from
-    its key, so every pretraining setting shares one scratch run)."""
+    its key where present, so every pretraining setting shares one scratch run)."""
 
     name: ClassVar[str]
     eval_key: ClassVar[str]
@@ -171,7 +171,7 @@ class TaskRunner(ABC, Generic[TaskT, ConfigT, RunT]):
         task_key = task.as_dict()
         if method == "scratch":  # the pretrained model plays no part
             for k in self.scratch_ignores:
-                task_key.pop(k)
+                task_key.pop(k, None)
         return {"task": task_key, "method": method, "seed": seed, "config": config.key_for(method)}
 
     def finetune_uncached(self, task: TaskT, method: str, seed: int, config: ConfigT,

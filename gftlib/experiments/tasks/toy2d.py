@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from gftlib.data.datasets import DISTRIBUTIONS_2D, make_2d
 from gftlib.eval.metrics import mean_path_length, mean_straightness, wasserstein2
 from gftlib.experiments.methods import METHODS, MethodRun, check_methods
-from gftlib.experiments.profiles import PROFILES
+from gftlib.experiments.profiles import PROFILES, profile_values
 from gftlib.experiments.tasks.budget import FinetuneConfig
 from gftlib.experiments.tasks.runner import (RunRecord, TaskRunner, load_weights, pretrain_source,
                                              record_fields, single_thread)
@@ -53,6 +53,8 @@ from gftlib.validation import (check_choice, check_finite_number, check_int_fiel
 __all__ = [
     "PROFILE_TABLE",
     "PROFILE_SETTINGS",
+    "DRY_RUN_SIZES",
+    "DRY_RUN_SETTINGS",
     "E1_PAIRS",
     "EULER_STEPS",
     "Task2D",
@@ -108,6 +110,15 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
               "eval_method": "rk4", "eval_steps": 16, "lr": 1e-3, "n_evals": 20, "cache_size": 4096,
               "n_trajectories": 1024, "dopri_fractions": (0.0, 0.25, 0.5, 0.75, 1.0), "n_repeats": 30},
 }
+
+#: Dry-run sizes (``dry_run=True``, :func:`gftlib.experiments.profiles.profile_values`): any
+#: profile's code path at tiny sizes, for the tests. Only sizes: methods, pairs, schedules and the
+#: evaluation solver stay the profile's.
+DRY_RUN_SIZES: dict[str, Any] = {"n_seeds": 2, "n_target": 32, "steps": 6, "batch_size": 16}
+DRY_RUN_SETTINGS: dict[str, Any] = {
+    "hidden": 8, "time_features": 4, "n_source": 64, "pretrain_steps": 4, "pretrain_batch": 32,
+    "n_target_pool": 128, "n_heldout": 64, "n_eval": 64, "eval_steps": 2, "n_evals": 1, "cache_size": 16,
+    "n_trajectories": 8, "n_repeats": 3}
 
 # Independent random streams of a task (one generator per role, seeded from (seed, role)).
 _ROLES = {"source": 0, "target_pool": 1, "heldout": 2, "eval_noise": 3, "floor": 4, "source_heldout": 5,
@@ -230,10 +241,12 @@ def resolve_setup(params: Mapping[str, Any]) -> TaskSetup:
     ``params``: the dict of :func:`gftlib.experiments.profiles.resolve_parameters` with ``seed``,
     ``profile``, ``device``, ``n_seeds``, ``source``, ``target``, ``n_target``, ``steps``,
     ``batch_size``, ``beta0``, ``schedule_kind`` and ``methods``. Internal sizes come from
-    :data:`PROFILE_SETTINGS`. Invalid values raise with the library's message.
+    :data:`PROFILE_SETTINGS` (:data:`DRY_RUN_SETTINGS` when ``params["dry_run"]``). Invalid values
+    raise with the library's message.
     """
     profile = check_choice("profile", params["profile"], PROFILES)
-    s = PROFILE_SETTINGS[profile]
+    s = profile_values(PROFILE_SETTINGS, profile, dry_run=params.get("dry_run", False),
+                       dry_run_sizes=DRY_RUN_SETTINGS)
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
     task = Task2D(source=params["source"], target=params["target"], n_target=params["n_target"],

@@ -30,8 +30,10 @@ def test_profiles_resolve_and_paper_model_constructs() -> None:
     assert smoke.seeds == (0,) and smoke.inception is None and smoke.config.solver_steps == smoke.task.nfe
     quick = TI.resolve_setup(resolve_parameters(TI.PROFILE_TABLE, profile="quick", seed=3, device="cpu"))
     assert quick.task.image_size == 16 and quick.task.downsample == 4 and quick.seeds[0] == 3
-    paper = TI.resolve_setup(resolve_parameters(TI.PROFILE_TABLE, profile="paper", seed=0, device="cpu"))
-    assert paper.n_parameters == 35_746_307  # torchcfm's OT-CFM CIFAR-10 UNet
+    paper = TI.resolve_setup(resolve_parameters(TI.PROFILE_TABLE, profile="paper", seed=0, device="cpu",
+                                                pretrained_checkpoint="pretrain"))
+    assert paper.n_parameters == 35_746_307  # torchcfm's OT-CFM CIFAR-10 UNet, torchcfm's own class
+    assert paper.task.model_kind == "torchcfm" and paper.config.loss_reduction == "sum"  # pretrained here
     assert paper.task.image_size == 32 and paper.task.image_size * paper.task.downsample <= 113
     assert paper.task.amp == "none"  # bf16 only on a GPU
     assert len(paper.seeds) == 3 and paper.config.steps == 20_000

@@ -17,7 +17,7 @@ from image_fakes import TINY, fake_camelyon, smoke_params
 def test_model_config_dict_and_errors() -> None:
     s = TI.resolve_setup(smoke_params(model_config={"config": "tiny", "base_channels": 8}))
     assert s.task.model_kwargs()["base_channels"] == 8 and s.task.model_kwargs()["image_size"] == 8
-    with pytest.raises(ValueError, match="model_config must be one of 'tiny', 'small', 'cifar10'; "
+    with pytest.raises(ValueError, match="model_config must be one of 'tiny', 'small', 'cifar10', 'torchcfm'; "
                                          "got 'huge'"):
         TI.resolve_setup(smoke_params(model_config="huge"))
     with pytest.raises(ValueError, match=r"model_config\['config'\] must be one of .*; got 'huge'"):

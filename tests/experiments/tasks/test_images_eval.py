@@ -90,3 +90,14 @@ def test_image_grid_layout() -> None:
     assert TE.image_grid(imgs).shape == (7, 7, 3)  # ceil(sqrt(3)) = 2 columns
     with pytest.raises(ValueError, match="images must be a \\(n, 3, S, S\\) tensor"):
         TE.image_grid(torch.zeros(2, 1, 4, 4))
+
+
+def test_feature_prdc_of_the_heldout_set_itself_is_perfect_and_a_collapsed_set_recalls_one_image() -> None:
+    """H against itself: every point is its own nearest neighbour, so precision = recall = coverage = 1.
+    A collapsed generator (one image of H repeated: k-NN radius 0 among the fakes) recalls only that
+    image: recall = 1 / |H|, while its precision stays 1 (precision alone cannot see a collapse)."""
+    task = TD.ImageTask(**TINY)
+    held = task.target_heldout()
+    same, collapsed = TE.feature_prdc(task, [held, held[:1].expand(16, -1, -1, -1).clone()])
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert collapsed["recall"] == pytest.approx(1 / held.shape[0]) and collapsed["precision"] == 1.0
