@@ -5,6 +5,11 @@ list ``checks`` of ``{"name", "value", "threshold", "passed", ...}`` where each 
 the mathematics. The JSON has no timestamps or wall times, so the same seed on the same machine
 gives an identical file. Output folders default to the repository's ``figures/`` and ``results/``;
 the environment variables ``GFT_FIGURES_DIR`` / ``GFT_RESULTS_DIR`` redirect them (tests, smoke runs).
+
+``provenance`` says, for every figure and every number key, the notebook, the cell and the gftlib
+function(s) behind it (:mod:`gftlib.experiments.provenance`): a figure names the :func:`plotter`
+that drew it, a number the functions declared with ``report.source(...)`` (or ``record(..., by=)``)
+in the cell that set it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import math
 import os
 import platform
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gftlib.experiments.provenance import current_cell, dotted_name, figure_function, locate_cell, names_of
 from gftlib.io import atomic_savefig, atomic_write_json
 
 __all__ = ["Check", "Report", "ChecksFailed", "repo_root", "environment_info", "to_jsonable"]
@@ -134,12 +142,41 @@ class Check:
                 "reason": self.reason, "passed": self.passed}
 
 
+def _cell_key(cell: tuple[int, str] | None) -> int | None:
+    """The execution count that scopes a ``report.source`` statement (``None`` outside IPython)."""
+    return None if cell is None else cell[0]
+
+
+class _Numbers(dict):
+    """The report's ``numbers``: a dict that tells its report which keys are set, in which cell."""
+
+    def __init__(self, owner: "Report", *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._owner = owner
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._owner._note_number(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 @dataclass
 class Report:
     """Collects one notebook's parameters, numbers, checks and figures.
 
     Usage: ``report = Report("t3_convergence", params, device)``; ``report.check(...)``;
-    ``report.savefig(fig, "kl")``; ``report.numbers["kl"] = ...``; last cell ``report.finalize()``.
+    ``report.source(kl_divergence_quadrature)`` (for the rest of the cell, or as a ``with`` block);
+    ``report.numbers["kl"] = ...``; ``report.savefig(plots.t3_convergence.kl_tv(...), "kl_tv")``;
+    last cell ``report.finalize()``.
     """
 
     stem: str
@@ -148,6 +185,48 @@ class Report:
     numbers: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    _sources: list[tuple[Any, list[str]]] = field(default_factory=list, init=False, repr=False)
+    _number_prov: dict[str, tuple[Any, list[str]]] = field(default_factory=dict, init=False, repr=False)
+    _figure_prov: dict[str, tuple[Any, str | None]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.numbers = _Numbers(self, self.numbers)
+
+    @contextmanager
+    def _scope(self, frame: tuple[Any, list[str]]) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if frame in self._sources:
+                self._sources.remove(frame)
+
+    def source(self, *fns: Callable[..., Any]) -> Any:
+        """Declare the gftlib functions that compute the numbers set next.
+
+        As a statement it holds for the rest of the current notebook cell (outside IPython: until
+        the report ends); as ``with report.source(f, g):`` for the block. Returns the context manager.
+        """
+        if not fns:
+            raise ValueError("source needs at least one function")
+        frame = (_cell_key(current_cell()), names_of(fns))
+        self._sources.append(frame)
+        return self._scope(frame)
+
+    def record(self, key: str, value: Any, *, by: Callable[..., Any] | tuple[Callable[..., Any], ...]) -> Any:
+        """``numbers[key] = value`` with ``by`` (a function or a tuple of them) as its source; returns value."""
+        fns = by if isinstance(by, tuple) else (by,)
+        with self.source(*fns):
+            self.numbers[key] = value
+        return value
+
+    def _note_number(self, key: str) -> None:
+        cell = current_cell()
+        here = _cell_key(cell)
+        fns = sorted({n for k, names in self._sources if k == here for n in names})
+        old = self._number_prov.get(key)
+        if old is not None and _cell_key(old[0]) == here:  # set again in the same cell: keep both sources
+            fns = sorted(set(fns) | set(old[1]))
+        self._number_prov[key] = (cell, fns)
 
     @property
     def figures_dir(self) -> Path:
@@ -165,15 +244,55 @@ class Report:
         self.checks.append(c)
         return c
 
-    def savefig(self, fig: Any, name: str) -> list[Path]:
-        """Write ``figures/<stem>_<name>.png`` and ``.pdf`` atomically."""
+    def savefig(self, fig: Any, name: str, *, by: Callable[..., Any] | None = None) -> list[Path]:
+        """Write ``figures/<stem>_<name>.png`` and ``.pdf`` atomically.
+
+        The provenance names the :func:`~gftlib.experiments.provenance.plotter` that drew ``fig``;
+        ``by`` names it for a figure drawn otherwise and must agree with the stamp if both exist.
+        """
+        function = figure_function(fig)
+        if by is not None:
+            named = dotted_name(by)
+            if function is not None and function != named:
+                raise ValueError(f"savefig({name!r}): by={named} but the figure was drawn by {function}")
+            function = named
         paths = []
         for ext in ("png", "pdf"):
             path = self.figures_dir / f"{self.stem}_{name}.{ext}"
             atomic_savefig(fig, path, metadata={"CreationDate": None} if ext == "pdf" else None)
             paths.append(path)
         self.figures.append(f"{self.stem}_{name}")
+        self._figure_prov[f"{self.stem}_{name}"] = (current_cell(), function)
         return paths
+
+    def notebook_path(self) -> Path | None:
+        """The notebook file this report's cells come from (the kernel's folder, else ``notebooks/``)."""
+        for path in (Path.cwd() / f"{self.stem}.ipynb", repo_root() / "notebooks" / f"{self.stem}.ipynb"):
+            if path.is_file():
+                return path
+        return None
+
+    def provenance(self) -> dict[str, Any]:
+        """``{"figures": {name: {notebook, cell, cell_id, function}}, "numbers": {key: {..., functions}}}``."""
+        path = self.notebook_path()
+        if path is None:
+            notebook = f"{self.stem}.ipynb"
+        else:
+            try:
+                notebook = path.resolve().relative_to(repo_root()).as_posix()
+            except ValueError:
+                notebook = path.name
+        located: dict[Any, dict[str, Any]] = {}
+
+        def where(cell: Any) -> dict[str, Any]:
+            if cell not in located:
+                located[cell] = locate_cell(path, cell)
+            return {"notebook": notebook, **located[cell]}
+
+        figures = {n: {**where(c), "function": f} for n, (c, f) in sorted(self._figure_prov.items())}
+        numbers = {k: {**where(c), "functions": fns} for k, (c, fns) in sorted(self._number_prov.items())
+                   if k in self.numbers}
+        return {"figures": figures, "numbers": numbers}
 
     def as_dict(self) -> dict[str, Any]:
         return to_jsonable({
@@ -184,6 +303,7 @@ class Report:
             "checks": [c.as_dict() for c in self.checks],
             "all_checks_passed": all(c.passed for c in self.checks),
             "figures": sorted(set(self.figures)),
+            "provenance": self.provenance(),
         })
 
     def summary_table(self) -> str:

@@ -5,7 +5,9 @@ notebook, applies Holm's correction across *all* of them (one family for the who
 writes one row per (claim, scenario, GFT form, baseline) with the difference GFT - baseline, its
 95 % CI, the effect size, the corrected p-value and the verdict; then a short headline table and
 every notebook's checks. With ``--readme README.md`` it also rewrites the headline table between
-the README's ``<!-- summary:headline:start -->`` / ``<!-- summary:headline:end -->`` markers.
+the README's ``<!-- summary:headline:start -->`` / ``<!-- summary:headline:end -->`` markers, and
+the table of figures (each linked to its notebook cell and plotting function, from the results'
+provenance) between ``<!-- summary:figures:start -->`` / ``<!-- summary:figures:end -->`` if present.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from gftlib.experiments.claims import apply_holm, compare_claim, fmt_p
+from gftlib.experiments.provenance import figure_table
 from gftlib.io import atomic_write_text, check_output_path
 
 __all__ = ["collect_rows", "build_summary", "headline_table", "attribution_text", "update_readme", "main",
-           "README_START", "README_END", "ALPHA"]
+           "README_START", "README_END", "FIGURES_START", "FIGURES_END", "ALPHA"]
 
 ALPHA = 0.05
 README_START = "<!-- summary:headline:start -->"
 README_END = "<!-- summary:headline:end -->"
+FIGURES_START = "<!-- summary:figures:start -->"
+FIGURES_END = "<!-- summary:figures:end -->"
 
 
 def _legacy(c: dict[str, Any]) -> dict[str, Any]:
@@ -163,15 +168,17 @@ def build_summary(results_dir: Path, *, alpha: float = ALPHA) -> str:
         checks = doc.get("checks", [])
         failed = [c["name"] for c in checks if not c.get("passed")]
         lines.append(f"| {stem} | {len(checks) - len(failed)}/{len(checks)} | {', '.join(failed) or '-'} |")
+    lines += ["", "## Where each figure comes from", "", figure_table(docs)]
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme_text: str, headline: str) -> str:
+def update_readme(readme_text: str, headline: str, *, start_marker: str = README_START,
+                  end_marker: str = README_END) -> str:
     """Replace the text between the README markers by ``headline`` (markers must both be present)."""
-    start, end = readme_text.find(README_START), readme_text.find(README_END)
+    start, end = readme_text.find(start_marker), readme_text.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"README must contain {README_START!r} followed by {README_END!r}")
-    head = readme_text[: start + len(README_START)]
+        raise ValueError(f"README must contain {start_marker!r} followed by {end_marker!r}")
+    head = readme_text[: start + len(start_marker)]
     return f"{head}\n{headline}\n{readme_text[end:]}"
 
 
@@ -195,8 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = apply_holm(collect_rows(Path(args.results)), alpha=ALPHA)
         path = Path(args.readme)
         block = headline_table(rows) + "\n\n" + attribution_text(rows)
-        atomic_write_text(path, update_readme(path.read_text(), block))
-        print(f"[summary] rewrote the headline table in {args.readme}")
+        text = update_readme(path.read_text(), block)
+        if FIGURES_START in text:
+            docs = {p.stem: json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))}
+            text = update_readme(text, figure_table(docs), start_marker=FIGURES_START, end_marker=FIGURES_END)
+        atomic_write_text(path, text)
+        print(f"[summary] rewrote the headline table (and the figure table) in {args.readme}")
     return 0
 
 

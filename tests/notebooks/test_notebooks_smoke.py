@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gftlib.experiments.provenance import provenance_gaps
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NONET = ROOT / "tests" / "nonet"
@@ -49,6 +51,8 @@ def test_notebook_smoke(notebook: Path, tmp_path: Path) -> None:
     failed = [c for c in result["checks"] if not c["passed"]]
     assert not failed, failed
     assert result["all_checks_passed"] is True
+    gaps = provenance_gaps(result)  # every number and figure names its cell and gftlib function
+    assert not gaps, gaps
     for fig in result["figures"]:
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 0
         assert (tmp_path / "figures" / f"{fig}.pdf").stat().st_size > 0
