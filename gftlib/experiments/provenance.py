@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["plotter", "dotted_name", "names_of", "current_cell", "locate_cell", "figure_function",
-           "provenance_gaps", "source_file", "figure_table"]
+__all__ = ["repo_root", "plotter", "dotted_name", "names_of", "current_cell", "locate_cell",
+           "figure_function", "provenance_gaps", "source_file", "figure_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -135,11 +135,14 @@ def names_of(fns: Iterable[Any]) -> list[str]:
     return sorted({dotted_name(f) for f in fns})
 
 
+def repo_root() -> Path:
+    """The checkout that holds ``gftlib`` (figures/, results/ and notebooks/ live there)."""
+    return Path(__file__).resolve().parents[2]
+
+
 def source_file(dotted: str) -> str | None:
     """Repository-relative path of the module that defines ``dotted`` (``None`` if it is not in the repo)."""
     import importlib.util
-
-    from gftlib.experiments.report import repo_root
 
     parts = dotted.split(".")
     for k in range(len(parts) - 1, 0, -1):

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gftlib.experiments.provenance import current_cell, dotted_name, figure_function, locate_cell, names_of
+from gftlib.experiments.provenance import (current_cell, dotted_name, figure_function, locate_cell, names_of,
+                                          repo_root)
 from gftlib.io import atomic_savefig, atomic_write_json
 
 __all__ = ["Check", "Report", "ChecksFailed", "repo_root", "environment_info", "to_jsonable"]
@@ -42,11 +43,6 @@ _OPS = {
 
 class ChecksFailed(AssertionError):
     """Raised by :meth:`Report.finalize` when a mathematical check did not pass."""
-
-
-def repo_root() -> Path:
-    """The checkout that holds ``gftlib`` (figures/ and results/ live there)."""
-    return Path(__file__).resolve().parents[2]
 
 
 def to_jsonable(obj: Any) -> Any:
