@@ -65,7 +65,7 @@ results/%.json: notebooks/%.ipynb $(LIB_SOURCES) | $(STAMP)
 	$(PY) -m gftlib.experiments.run_notebooks --profile $(PROFILE) --device $(DEVICE) --build $(BUILD) $<
 
 test: $(STAMP) ## Run the whole test suite (unit tests + smoke runs of every notebook), TEST_WORKERS processes
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: $(STAMP) ## Unit tests only (skips the notebook smoke runs and subprocess tests)
 	$(PY) -m pytest -q -m "not slow"

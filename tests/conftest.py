@@ -16,6 +16,8 @@ def single_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run the slow tests (subprocesses, notebook smoke runs) first, so that the two xdist workers
-    share them and the fast tests fill the gaps at the end, instead of one long test running alone."""
+    """Run the slow tests (subprocesses, notebook smoke runs) first, so that the xdist workers share
+    them and the fast tests fill the gaps at the end, instead of one long test running alone. xdist's
+    default `load` scheduler hands each worker a contiguous first chunk, which put every slow test on
+    one worker; `make test` therefore uses `--dist worksteal` (idle workers take queued tests)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept otherwise
