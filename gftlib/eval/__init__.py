@@ -15,7 +15,8 @@ from gftlib.eval.features import (RandomConvFeatures, InceptionFeatures, load_in
                                   extract_features, frechet_feature_distance, INCEPTION_URL, quantize_uint8,
                                   feature_statistics, save_fid_statistics, load_fid_statistics)
 from gftlib.eval.stability import (instantaneous_variance, sliding_instantaneous_variance, spearman_rho,
-                                   max_upward_jump, early_degradation, steps_to_reach, relative_level)
+                                   max_upward_jump, early_degradation, steps_to_reach, seconds_to_reach,
+                                   relative_level)
 from gftlib.eval.diversity import (knn_radii, prdc)
 from gftlib.eval.memorization import (Memorization, memorization, closer_to_train_z)
 from gftlib.eval.statistics import (VERDICTS, KINDS, two_sample, tost, holm, verdict, hedges_g)
@@ -27,6 +28,7 @@ __all__ = [
     'extract_features', 'frechet_feature_distance', 'INCEPTION_URL', 'quantize_uint8',
     'feature_statistics', 'save_fid_statistics', 'load_fid_statistics', 'instantaneous_variance',
     'sliding_instantaneous_variance', 'spearman_rho', 'max_upward_jump', 'early_degradation',
-    'steps_to_reach', 'relative_level', 'knn_radii', 'prdc', 'Memorization', 'memorization',
-    'closer_to_train_z', 'VERDICTS', 'KINDS', 'two_sample', 'tost', 'holm', 'verdict', 'hedges_g'
+    'steps_to_reach', 'seconds_to_reach', 'relative_level', 'knn_radii', 'prdc', 'Memorization',
+    'memorization', 'closer_to_train_z', 'VERDICTS', 'KINDS', 'two_sample', 'tost', 'holm', 'verdict',
+    'hedges_g'
 ]

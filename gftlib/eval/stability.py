@@ -1,5 +1,5 @@
 """Training-curve measures: stability (instantaneous variance, Spearman rho, largest jump, early
-degradation) and training speed (first step to reach a quality level).
+degradation) and training speed (first step, and training wall time, to reach a quality level).
 
 These are this project's operationalization of the paper's measures (THEORY, "Measures used by the
 experiments"); the paper's exact definitions are not available offline. A *curve* is a 1-D sequence
@@ -18,7 +18,7 @@ import scipy.stats
 from gftlib.validation import check_choice, check_finite_number, check_positive_int
 
 __all__ = ["instantaneous_variance", "sliding_instantaneous_variance", "spearman_rho", "max_upward_jump",
-           "early_degradation", "steps_to_reach", "relative_level"]
+           "early_degradation", "steps_to_reach", "seconds_to_reach", "relative_level"]
 
 
 def _curve(name: str, curve: Sequence[float], min_n: int = 2) -> np.ndarray:
@@ -110,3 +110,29 @@ def steps_to_reach(steps: Sequence[float], curve: Sequence[float], level: float,
     level = check_finite_number("level", level)
     ok = np.flatnonzero(c <= level if better == "lower" else c >= level)
     return float(s[ok[0]]) if ok.size else math.inf
+
+
+def seconds_to_reach(seconds: Sequence[float], curve: Sequence[float], level: float, *,
+                     better: str = "lower") -> float:
+    """Training wall time at the first evaluation whose value reaches ``level`` (<= level when lower
+    is better, >= when higher is better); ``inf`` if the curve never reaches it (as
+    :func:`steps_to_reach`).
+
+    ``seconds`` (E,): the training seconds at each evaluation (evaluations excluded,
+    :mod:`gftlib.experiments.walltime`): finite, >= 0 and non-decreasing; ``curve`` (E,): the
+    metric at the same evaluations. Resolution: the evaluation spacing. Wall times depend on the
+    machine and its load, so compare them only between runs measured on the same machine.
+    """
+    check_choice("better", better, ("lower", "higher"))
+    s = np.asarray(seconds, dtype=np.float64)
+    if s.ndim != 1 or s.size < 1:
+        raise ValueError(f"seconds must be a 1-D sequence of at least 1 number, got shape {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"seconds must hold finite numbers >= 0, got {s.tolist()}")
+    if np.any(np.diff(s) < 0):
+        raise ValueError(f"seconds must be non-decreasing (training time at successive evaluations), got "
+                         f"{s.tolist()}")
+    c = _curve("curve", curve, 1)
+    if s.shape != c.shape:
+        raise ValueError(f"seconds and curve must have the same length, got {s.size} and {c.size}")
+    return steps_to_reach(s, c, level, better=better)

@@ -43,21 +43,26 @@ def compare_claim(claim: str, metric: str, better: str, gft_values: Sequence[flo
                   baseline_values: Sequence[float], *, gft_method: str, baseline_method: str,
                   scenario: str, figure: str, paired: bool, kind: str = "difference",
                   margin: float | None = None, margin_reason: str = "",
-                  seeds: Sequence[int] | None = None) -> dict[str, Any]:
+                  seeds: Sequence[int] | None = None, machine_dependent: bool = False) -> dict[str, Any]:
     """A JSON-able claim row (see the module docstring); ``kind="equivalence"`` needs ``margin > 0``.
+    ``machine_dependent=True`` (a wall-time metric: its values depend on the machine and its load)
+    adds ``"machine_dependent": True`` to the row (the key is absent otherwise); such a row is
+    tested and Holm-corrected like every other.
 
     ``gft_values[i]`` and ``baseline_values[i]`` are the metric of seed ``seeds[i]`` (paired design).
     Keys: claim, metric, better, kind, scenario, figure, gft_method, baseline_method, paired, seeds,
     gft / baseline (values, mean, std), test, n_a, n_b, diff, se, df, ci, effect_size,
-    effect_size_kind, p_raw, and for equivalence rows margin, margin_reason, p_raw_worse.
+    effect_size_kind, p_raw, for equivalence rows margin, margin_reason, p_raw_worse, and
+    machine_dependent (only when True).
     """
     for name, v in (("claim", claim), ("metric", metric), ("gft_method", gft_method),
                     ("baseline_method", baseline_method), ("scenario", scenario)):
         _check_str(name, v)
     check_choice("better", better, ("lower", "higher"))
     check_choice("kind", kind, S.KINDS)
-    if not isinstance(paired, bool):
-        raise ValueError(f"paired must be True or False, got {paired!r}")
+    for name, flag in (("paired", paired), ("machine_dependent", machine_dependent)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     a = np.asarray(gft_values, dtype=float)
     b = np.asarray(baseline_values, dtype=float)
     if seeds is not None and paired and len(seeds) != a.size:
@@ -80,6 +85,8 @@ def compare_claim(claim: str, metric: str, better: str, gft_values: Sequence[flo
                    p_raw_worse=eq["p_worse"], p_difference=test["p"])
     elif margin is not None:
         raise ValueError(f"margin is only used with kind='equivalence', got kind={kind!r}")
+    if machine_dependent:
+        row["machine_dependent"] = True
     return row
 
 

@@ -38,12 +38,14 @@ from gftlib.paths.interpolants import Interpolant
 from gftlib.gft.objective import FlowMatchingObjective, Objective
 from gftlib.gft.coupling_cache import PretrainedCouplingCache
 from gftlib.gft.drift_cache import PretrainedDriftCache
+from gftlib.gft.pretrained_cache import PretrainedCache
 from gftlib.gft.reflow import ReflowObjective
 from gftlib.gft.regularizer import TargetPathRegularizer
 from gftlib.paths.couplings import COUPLINGS
 from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule
 from gftlib.training.config import TrainConfig, TrainResult
 from gftlib.training import train
+from gftlib.experiments.walltime import RunClock, RunTiming
 from gftlib.validation import (
     check_choice,
     check_finite_number,
@@ -54,8 +56,8 @@ from gftlib.validation import (
 
 SCHEDULE_OPTIONS: tuple[str, ...] = ("beta_final", "rate", "n_stages", "values")
 
-__all__ = ["MethodRun", "run_method", "check_schedule_options", "check_methods", "METHODS",
-           "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
+__all__ = ["MethodRun", "run_method", "first_update_caches", "check_schedule_options", "check_methods",
+           "METHODS", "METHOD_DESCRIPTIONS", "MethodSpec", "build_method", "freeze"]
 
 
 def check_schedule_options(options: Mapping[str, Any]) -> None:
@@ -260,12 +262,15 @@ def check_methods(methods: Any) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class MethodRun:
     """One training run of a method (see :func:`run_method`). ``evals``: the evaluation rows, step 0
-    first (``{"step": s, **evaluate(model, s)}``); ``logs``: the loss rows of the training history."""
+    first (``{"step": s, **evaluate(model, s)}``); ``logs``: the loss rows of the training history;
+    ``timing``: the wall time of training at every evaluation
+    (:class:`~gftlib.experiments.walltime.RunTiming`)."""
 
     spec: MethodSpec
     result: TrainResult
     evals: list[dict[str, Any]]
     logs: list[dict[str, Any]]
+    timing: RunTiming
 
     @staticmethod
     def column(rows: list[dict[str, Any]], key: str, dtype: Any = np.float64) -> np.ndarray:
@@ -277,6 +282,19 @@ class MethodRun:
         return None if self.spec.schedule is None else float(self.spec.schedule(steps - 1))
 
 
+def first_update_caches(spec: MethodSpec) -> list[PretrainedCache]:
+    """The pretrained-term caches that the first update of ``spec`` builds: reflow's pairs, and the
+    cache of l2-reg / gft-* when beta at the first update (``schedule(0)``) is > 0 (the pretrained
+    batch is drawn only then)."""
+    objective = spec.objective
+    if isinstance(objective, ReflowObjective):
+        return [objective.cache]
+    term = getattr(objective, "pretrained", None)
+    if isinstance(term, PretrainedCache) and spec.schedule is not None and float(spec.schedule(0)) > 0:
+        return [term]
+    return []
+
+
 def run_method(method: str, *, target_data: Tensor, pretrained_model: nn.Module | None,
                new_model: Callable[[], nn.Module], evaluate: Callable[[nn.Module, int], dict[str, float]],
                eval_key: str, train_config: TrainConfig, device: torch.device, **method_options: Any
@@ -284,16 +302,28 @@ def run_method(method: str, *, target_data: Tensor, pretrained_model: nn.Module 
     """Build ``method`` (:func:`build_method` with ``method_options``), start from the pretrained
     weights or ``new_model()`` as the method says, evaluate before training (step 0) and train with
     ``train_config`` (its ``eval_every`` calls ``evaluate``). Rows of the history that contain
-    ``eval_key`` are evaluations; rows with ``"total"`` are loss logs."""
+    ``eval_key`` are evaluations; rows with ``"total"`` are loss logs.
+
+    Wall time (:mod:`gftlib.experiments.walltime`): the clock starts before the method is built;
+    the caches the first update would build (:func:`first_update_caches`) are built before step 0
+    instead, so ``timing.setup_seconds`` holds them. A cache generation is a pure function of its
+    seed and generation number (:class:`gftlib.gft.pretrained_cache.PretrainedCache`), so building
+    it earlier changes no number of the run. Evaluations are timed and excluded."""
+    clock = RunClock()
     spec = build_method(method, target_data=target_data, pretrained_model=pretrained_model, device=device,
                         **method_options)
+    for cache in first_update_caches(spec):
+        cache.prepare()
     if spec.init_from_pretrained:
         model = copy.deepcopy(pretrained_model).requires_grad_(True)
     else:
         model = new_model()
     model = model.to(device).train()
-    first = evaluate(copy.deepcopy(model).eval(), 0)
-    res = train(model, spec.objective, train_config, schedule=spec.schedule, evaluate=evaluate)
+    clock.mark_setup()
+    timed = clock.timed(evaluate)
+    first = clock.timed(lambda m, step: evaluate(copy.deepcopy(m).eval(), step))(model, 0)
+    res = train(model, spec.objective, train_config, schedule=spec.schedule, evaluate=timed)
+    timing = clock.finish()
     evals = [{"step": 0, **first}] + [h for h in res.history if eval_key in h]
     logs = [h for h in res.history if "total" in h]
-    return MethodRun(spec=spec, result=res, evals=evals, logs=logs)
+    return MethodRun(spec=spec, result=res, evals=evals, logs=logs, timing=timing)

@@ -2,9 +2,22 @@
 
 ``results/<stem>.json`` holds the parameters actually used, the environment, the key numbers and a
 list ``checks`` of ``{"name", "value", "threshold", "passed", ...}`` where each threshold comes from
-the mathematics. The JSON has no timestamps or wall times, so the same seed on the same machine
-gives an identical file. Output folders default to the repository's ``figures/`` and ``results/``;
+the mathematics. Output folders default to the repository's ``figures/`` and ``results/``;
 the environment variables ``GFT_FIGURES_DIR`` / ``GFT_RESULTS_DIR`` redirect them (tests, smoke runs).
+
+Byte identity. The JSON has no timestamps, so the same seed on the same machine gives an identical
+file, **except** for wall times, which only E1 records (training speed in seconds,
+:mod:`gftlib.experiments.walltime`). They depend on the machine and its load, and every wall-time
+number sits in exactly two places:
+
+- ``numbers["wall_time"]`` (:data:`MACHINE_DEPENDENT_KEY`): every wall time a notebook records;
+- the claim rows flagged ``"machine_dependent": true`` in ``numbers["claims"]`` (a wall-time metric).
+
+:func:`machine_independent` drops exactly these; what remains is byte-identical for the same seed on
+the same machine. Runs are cached, so a second run that loads them writes the same wall times (those
+of their first computation); only recomputed runs change them. Verdicts are not in the JSON: they come
+from :mod:`gftlib.experiments.summary`, whose Holm family includes the machine-dependent rows, so
+the corrected p-values of *other* rows in ``results/summary.md`` can move with them too.
 
 ``provenance`` says, for every figure and every number key, the notebook, the cell and the gftlib
 function(s) behind it (:mod:`gftlib.experiments.provenance`): a figure names the :func:`plotter`
@@ -31,7 +44,11 @@ from gftlib.experiments.provenance import (current_cell, dotted_name, figure_fun
                                           repo_root)
 from gftlib.io import atomic_savefig, atomic_write_json
 
-__all__ = ["Check", "Report", "ChecksFailed", "repo_root", "environment_info", "to_jsonable"]
+__all__ = ["Check", "Report", "ChecksFailed", "repo_root", "environment_info", "to_jsonable",
+           "MACHINE_DEPENDENT_KEY", "machine_independent"]
+
+#: The key of ``numbers`` that holds every wall time of a results JSON (see the module docstring).
+MACHINE_DEPENDENT_KEY = "wall_time"
 
 _OPS = {
     "<=": lambda v, t: v <= t,
@@ -65,6 +82,22 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.bool_,)):
         return bool(obj)
     return obj
+
+
+def machine_independent(doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a results JSON document without its machine-dependent parts: ``numbers["wall_time"]``
+    and the claim rows flagged ``machine_dependent`` (in ``numbers["claims"]`` or a top-level
+    ``claims``). Everything else is byte-identical for the same seed on the same machine."""
+    out = dict(doc)
+    numbers = dict(out.get("numbers") or {})
+    numbers.pop(MACHINE_DEPENDENT_KEY, None)
+    if isinstance(numbers.get("claims"), list):
+        numbers["claims"] = [r for r in numbers["claims"] if not r.get("machine_dependent")]
+    if "numbers" in out:
+        out["numbers"] = numbers
+    if isinstance(out.get("claims"), list):
+        out["claims"] = [r for r in out["claims"] if not r.get("machine_dependent")]
+    return out
 
 
 #: CPU flags that decide which vector kernels torch / numpy use (so which rounding a result gets).

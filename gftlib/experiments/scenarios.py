@@ -41,7 +41,7 @@ from gftlib.experiments.cache import cached_torch
 from gftlib.experiments.methods import MethodRun, check_methods
 from gftlib.experiments.tasks import toy2d as T2
 from gftlib.experiments.tasks.budget import SCHEDULED_METHODS
-from gftlib.experiments.tasks.runner import TaskRunner, pretrain_source, single_thread
+from gftlib.experiments.tasks.runner import TaskRunner, pretrain_source, single_thread, timing_fields
 from gftlib.experiments.tasks.toy2d_eval import w2_floors
 from gftlib.paths.interpolants import Interpolant
 from gftlib.eval.memorization import closer_to_train_z, memorization
@@ -268,7 +268,8 @@ def _reference_key(budget: Budget) -> dict[str, Any]:
 class ScenarioRun:
     """One fine-tuning run: ``eval_steps`` (E,) and the ``w2`` curve there (the last entry is the
     final model); ``final``: the final metrics (:func:`_metrics`); loss logs ``log_steps``,
-    ``loss_target``, ``beta``; ``samples``: (n_eval, 2) final samples of the evaluation noise."""
+    ``loss_target``, ``beta``; ``samples``: (n_eval, 2) final samples of the evaluation noise; wall
+    times as in :class:`~gftlib.experiments.tasks.runner.RunRecord` (at ``eval_steps``)."""
 
     method: str
     seed: int
@@ -279,6 +280,10 @@ class ScenarioRun:
     loss_target: np.ndarray
     beta: np.ndarray
     samples: Tensor
+    train_seconds_at_eval: np.ndarray
+    setup_seconds: float
+    train_seconds: float
+    evaluation_seconds: float
 
 
 def _method_options(budget: Budget, seed: int) -> dict[str, Any]:
@@ -342,7 +347,7 @@ class ScenarioRunner(TaskRunner[T2.Task2D, Budget, ScenarioRun]):
                            w2=run.column(evals, "w2"), final=final,
                            log_steps=run.column(run.logs, "step", np.int64),
                            loss_target=run.column(run.logs, "target"), beta=run.column(run.logs, "beta"),
-                           samples=sample(task, model, budget).x.cpu())
+                           samples=sample(task, model, budget).x.cpu(), **timing_fields(run, evals))
 
     def run_key(self, task: T2.Task2D, method: str, seed: int, budget: Budget) -> dict[str, Any]:
         return {"task": task.as_dict(), "method": method, "budget": budget.as_dict()}

@@ -9,6 +9,11 @@ noise: their per-unit values are paired, and claims use paired tests over units
 
 :func:`unit_metrics` turns a unit's runs into the per-method numbers of the claims (this project's
 measures, THEORY "Measures used by the experiments"; :mod:`gftlib.eval.stability`, :mod:`gftlib.eval.diversity`).
+The metrics in :data:`WALL_TIME_KEYS` are wall times (seconds of training, evaluations excluded,
+:mod:`gftlib.experiments.walltime`): they depend on the machine and its load, and a cached run keeps
+the time of its first computation; a notebook records them apart from the reproducible numbers
+(:data:`gftlib.experiments.report.MACHINE_DEPENDENT_KEY`) and flags their claim rows
+``machine_dependent``.
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ from gftlib.eval.stability import (
     max_upward_jump,
     relative_level,
     spearman_rho,
+    seconds_to_reach,
     steps_to_reach,
 )
 
 __all__ = ["Unit", "pair_name", "parse_pairs", "seeded_task", "run_unit", "unit_metrics", "coverage_se",
-           "add_speed", "claim_rows", "BASELINES", "GFT_FORMS"]
+           "add_speed", "claim_rows", "BASELINES", "GFT_FORMS", "WALL_TIME_KEYS"]
 
 #: The baselines every claim is tested against (one row each) and the GFT forms.
 BASELINES: tuple[str, ...] = ("ft", "ft-ot", "l2-reg")
 GFT_FORMS: tuple[str, ...] = ("gft-coupling", "gft-drift")
+
+#: The per-method metrics that are wall times in seconds (machine- and load-dependent).
+WALL_TIME_KEYS: tuple[str, ...] = ("seconds_to_level", "setup_seconds", "train_seconds")
 
 
 def pair_name(source: str, target: str) -> str:
@@ -105,7 +114,9 @@ def unit_metrics(unit: Unit) -> dict[str, dict[str, float]]:
     """Per method of ``unit``: final ``w2``, ``path_length``, ``straightness``, ``dopri_nfe``;
     stability ``iv_loss`` (instantaneous variance of the logged target loss), ``iv_w2`` (of the W2
     evaluations), ``spearman`` (rho of step vs W2), ``max_jump``, ``early_degradation``; diversity
-    ``precision``, ``recall``, ``density``, ``coverage`` of the final EMA samples vs the held-out set."""
+    ``precision``, ``recall``, ``density``, ``coverage`` of the final EMA samples vs the held-out set;
+    wall times (:data:`WALL_TIME_KEYS`) ``setup_seconds`` (method and caches) and ``train_seconds``
+    (the whole run), in seconds of training, evaluations excluded."""
     held = unit.task.target_heldout()
     out = {}
     for m, r in unit.runs.items():
@@ -114,23 +125,29 @@ def unit_metrics(unit: Unit) -> dict[str, dict[str, float]]:
                   "straightness": r.final_straightness, "dopri_nfe": r.final_dopri_nfe,
                   "iv_loss": instantaneous_variance(r.loss_target), "iv_w2": instantaneous_variance(r.w2),
                   "spearman": spearman_rho(r.eval_steps, r.w2), "max_jump": max_upward_jump(r.w2),
-                  "early_degradation": early_degradation(r.eval_steps, r.w2), **prdc(held, x)}
+                  "early_degradation": early_degradation(r.eval_steps, r.w2), **prdc(held, x),
+                  "setup_seconds": r.setup_seconds, "train_seconds": r.train_seconds}
     return out
 
 
 def add_speed(unit: Unit, metrics: dict[str, dict[str, float]], *, tolerance: float = 0.05,
               baselines: Sequence[str] = BASELINES) -> float | None:
     """Add ``steps_to_level`` to every method: the first evaluation step whose W2 is within
-    ``tolerance`` of the best final W2 among the ``baselines`` present (censored at the budget,
-    ``censored`` = 1 then). Returns the level (None when no baseline ran)."""
+    ``tolerance`` of the best final W2 among the ``baselines`` present, and ``seconds_to_level``:
+    the training wall time at that evaluation (:func:`gftlib.eval.stability.seconds_to_reach` of
+    ``train_seconds_at_eval``). A run that never reaches the level is censored at the budget
+    (``censored`` = 1, the last evaluation's step and seconds). Returns the level (None when no
+    baseline ran)."""
     present = [b for b in baselines if b in unit.runs]
     if not present:
         return None
     level = relative_level(min(unit.runs[b].final_w2 for b in present), tolerance=tolerance)
     for m, r in unit.runs.items():
         s = steps_to_reach(r.eval_steps, r.w2, level)
+        sec = seconds_to_reach(r.train_seconds_at_eval, r.w2, level)
         metrics[m]["censored"] = float(not np.isfinite(s))
         metrics[m]["steps_to_level"] = float(r.eval_steps[-1]) if not np.isfinite(s) else s
+        metrics[m]["seconds_to_level"] = float(r.train_seconds_at_eval[-1]) if not np.isfinite(sec) else sec
     return level
 
 
@@ -139,7 +156,8 @@ def claim_rows(claims: Sequence[Mapping[str, Any]], values: Mapping[str, Mapping
                gft_forms: Sequence[str] = GFT_FORMS, baselines: Sequence[str] = BASELINES) -> list[dict]:
     """One paired claim row per (claim, GFT form, baseline) present in ``values[method][metric]``
     (values per unit, the same unit order for every method). Each claim is a mapping with ``claim``,
-    ``metric``, ``better``, ``figure`` and, for equivalence claims, ``kind`` and ``margin``."""
+    ``metric``, ``better``, ``figure`` and, for equivalence claims, ``kind`` and ``margin``; a claim
+    with ``"machine_dependent": True`` (a wall-time metric) gives rows flagged so."""
     rows = []
     for c in claims:
         for g in gft_forms:
@@ -150,5 +168,6 @@ def claim_rows(claims: Sequence[Mapping[str, Any]], values: Mapping[str, Mapping
                     c["claim"], c["metric"], c["better"], values[g][c["metric"]], values[b][c["metric"]],
                     gft_method=g, baseline_method=b, scenario=scenario, figure=f"{figure_prefix}{c['figure']}",
                     paired=True, kind=c.get("kind", "difference"), margin=c.get("margin"),
-                    margin_reason=c.get("margin_reason", ""), seeds=seeds))
+                    margin_reason=c.get("margin_reason", ""), seeds=seeds,
+                    machine_dependent=bool(c.get("machine_dependent", False))))
     return rows

@@ -14,6 +14,7 @@ from gftlib.eval.stability import (
     instantaneous_variance,
     max_upward_jump,
     relative_level,
+    seconds_to_reach,
     sliding_instantaneous_variance,
     spearman_rho,
     steps_to_reach,
@@ -59,6 +60,35 @@ def test_jump_degradation_and_speed() -> None:
     assert steps_to_reach(steps, curve, relative_level(0.30)) == 20.0
     assert steps_to_reach(steps, curve, 0.1) == math.inf
     assert steps_to_reach(steps, [0.1, 0.5, 0.9, 0.9, 0.9], 0.85, better="higher") == 20.0
+
+
+def test_seconds_to_reach() -> None:
+    seconds = [0.5, 2.0, 2.0, 7.5, 9.0]  # training seconds at each evaluation (ties allowed)
+    curve = [1.0, 0.5, 0.31, 0.30, 0.29]
+    assert seconds_to_reach(seconds, curve, relative_level(0.30)) == 2.0  # the third evaluation
+    assert seconds_to_reach(seconds, curve, 0.5) == 2.0
+    assert seconds_to_reach(seconds, curve, 1.0) == 0.5  # reached at the first evaluation
+    assert seconds_to_reach(seconds, curve, 0.1) == math.inf  # never (as steps_to_reach)
+    assert seconds_to_reach(seconds, [0.1, 0.5, 0.9, 0.9, 0.9], 0.85, better="higher") == 2.0
+    assert seconds_to_reach([0.0, 3.0], [0.2, 0.4], 0.35, better="higher") == 3.0
+
+
+@pytest.mark.parametrize("seconds, curve, level, match", [
+    ([1.0, 0.5], [1.0, 0.5], 0.6, r"seconds must be non-decreasing .* got \[1.0, 0.5\]"),
+    ([-1.0, 0.5], [1.0, 0.5], 0.6, "seconds must hold finite numbers >= 0"),
+    ([0.0, math.nan], [1.0, 0.5], 0.6, "seconds must hold finite numbers >= 0"),
+    ([0.0, math.inf], [1.0, 0.5], 0.6, "seconds must hold finite numbers >= 0"),
+    ([], [], 0.6, "seconds must be a 1-D sequence of at least 1 number"),
+    ([[0.0, 1.0]], [[1.0, 0.5]], 0.6, "seconds must be a 1-D sequence"),
+    ([0.0, 1.0, 2.0], [1.0, 0.5], 0.6, "seconds and curve must have the same length, got 3 and 2"),
+    ([0.0, 1.0], [1.0, math.nan], 0.6, "curve must be a 1-D sequence of at least 1 finite number"),
+    ([0.0, 1.0], [1.0, 0.5], math.nan, "level must be a finite number"),
+])
+def test_seconds_to_reach_rejects_bad_input(seconds, curve, level, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        seconds_to_reach(seconds, curve, level)
+    with pytest.raises(ValueError, match="better must be one of"):
+        seconds_to_reach([0.0], [1.0], 0.5, better="faster")
 
 
 def _two_clusters(n: int, seed: int, only_first: bool = False) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gftlib.experiments.profiles import resolve_parameters
-from gftlib.experiments.report import ChecksFailed, Report
+from gftlib.experiments.report import MACHINE_DEPENDENT_KEY, ChecksFailed, Report, machine_independent
 from gftlib.experiments.claims import compare_claim
 from gftlib.experiments.summary import README_END, README_START, build_summary, update_readme
 from gftlib.experiments.verdict import claim_entry, verdict
@@ -83,3 +83,48 @@ def test_summary_lists_claims(tmp_path: Path) -> None:
     assert new == "intro\n" + README_START + "\nTABLE\n" + README_END + "\nrest\n"
     with pytest.raises(ValueError, match="README must contain"):
         update_readme("no markers", "TABLE")
+
+
+def _rows(machine_values):
+    steps = compare_claim("speed: steps", "steps_to_level", "lower", [10.0, 12.0, 9.0, 11.0, 10.0],
+                          [20.0, 21.0, 19.0, 22.0, 20.0], gft_method="gft-coupling", baseline_method="ft-ot",
+                          scenario="pooled", figure="e1_x", paired=True)
+    wall = compare_claim("speed: wall time", "seconds_to_level", "lower", machine_values,
+                         [2.0, 2.1, 1.9, 2.2, 2.0], gft_method="gft-coupling", baseline_method="ft-ot",
+                         scenario="pooled", figure="e1_x", paired=True, machine_dependent=True)
+    return steps, wall
+
+
+def test_machine_dependent_rows_are_marked_and_in_the_holm_family(tmp_path: Path) -> None:
+    steps, wall = _rows([1.0, 1.2, 0.9, 1.1, 1.0])
+    assert wall["machine_dependent"] is True and "machine_dependent" not in steps
+    with pytest.raises(ValueError, match="machine_dependent must be True or False, got 'yes'"):
+        compare_claim("c", "m", "lower", [1.0, 2.0], [1.0, 2.0], gft_method="g", baseline_method="b",
+                      scenario="s", figure="f", paired=True, machine_dependent="yes")
+    (tmp_path / "e1_demo.json").write_text(json.dumps({
+        "numbers": {"claims": [steps, wall]}, "checks": [], "parameters": {"profile": "quick"},
+        "environment": {"device_name": "cpu"}}))
+    text = build_summary(tmp_path)
+    assert "2 claim rows, 2 tested hypotheses in the Holm family." in text  # the wall-time row included
+    assert text.count("; wall time, machine-dependent") == 1
+    assert "| speed: wall time | pooled | seconds_to_level (lower better); wall time, machine-dependent |" in text
+    assert "Wall-time rows (1, marked" in text
+    (tmp_path / "e1_demo.json").write_text(json.dumps({"numbers": {"claims": [steps]}, "checks": []}))
+    assert "machine-dependent" not in build_summary(tmp_path)
+
+
+def test_machine_independent_drops_exactly_the_wall_times() -> None:
+    doc = {"notebook": "e1", "numbers": {"per_pair": {"a": 1}, "wall_time": {"per_pair": {"a": 3.2}},
+                                         "claims": list(_rows([1.0, 1.2, 0.9, 1.1, 1.0]))},
+           "checks": [{"name": "c"}], "claims": [{"claim": "top", "machine_dependent": True}, {"claim": "k"}]}
+    other = json.loads(json.dumps(doc))  # the same run on another machine: other wall times
+    other["numbers"]["wall_time"]["per_pair"]["a"] = 5.0
+    other["numbers"]["claims"][1] = _rows([3.0, 3.1, 2.8, 3.3, 3.0])[1]
+    kept = machine_independent(doc)
+    assert kept == machine_independent(other) and doc != other
+    assert set(kept["numbers"]) == {"per_pair", "claims"}
+    assert [r["claim"] for r in kept["numbers"]["claims"]] == ["speed: steps"]
+    assert kept["claims"] == [{"claim": "k"}] and kept["checks"] == doc["checks"]
+    assert "wall_time" in doc["numbers"] and len(doc["numbers"]["claims"]) == 2  # the input is not changed
+    assert MACHINE_DEPENDENT_KEY == "wall_time"
+    assert machine_independent({"checks": []}) == {"checks": []}

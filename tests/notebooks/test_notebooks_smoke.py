@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gftlib.experiments.provenance import provenance_gaps
+from gftlib.experiments.report import MACHINE_DEPENDENT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -56,6 +57,25 @@ def test_notebook_smoke(notebook: Path, tmp_path: Path) -> None:
     for fig in result["figures"]:
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 0
         assert (tmp_path / "figures" / f"{fig}.pdf").stat().st_size > 0
+    if notebook.stem == "e1_domain_shift_2d":
+        assert_wall_time_kept_apart(result)
+
+
+def assert_wall_time_kept_apart(result: dict) -> None:
+    """E1 records training wall time only under numbers["wall_time"] and in claim rows flagged
+    machine_dependent (gftlib.experiments.report.machine_independent drops exactly these)."""
+    wall = result["numbers"][MACHINE_DEPENDENT_KEY]["per_pair"]
+    for pair, per_method in wall.items():
+        for method, values in per_method.items():
+            assert set(values) == {"seconds_to_level", "setup_seconds", "train_seconds"}, (pair, method)
+            assert all(isinstance(v, float) and v >= 0 for vs in values.values() for v in vs), values
+            kept = result["numbers"]["per_pair"][pair]["methods"][method]
+            assert "steps_to_level" in kept and not set(kept) & set(values)
+    rows = result["numbers"]["claims"]
+    timed = [r for r in rows if r.get("machine_dependent")]
+    assert timed and all(r["metric"] == "seconds_to_level" for r in timed)
+    assert {r["baseline_method"] for r in timed} == {r["baseline_method"] for r in rows}
+    assert not any(r["metric"] == "seconds_to_level" for r in rows if not r.get("machine_dependent"))
 
 
 def test_same_seed_gives_identical_results_json(tmp_path: Path) -> None:

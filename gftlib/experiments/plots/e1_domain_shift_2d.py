@@ -14,11 +14,14 @@ from gftlib.experiments.style import method_color, plot_mean_band
 
 __all__ = ["w2_curves", "loss_beta", "paths", "samples", "PANELS"]
 
-#: The end-of-training measures of :func:`paths`: (key of the unit metrics, axis label).
+#: The end-of-training measures of :func:`paths`: (key of the unit metrics, axis label). The
+#: ``seconds_to_level`` panel is a wall time (machine- and load-dependent, not reproducible).
 PANELS = [("path_length", r"path length $\mathbb{E}\int|b|\,dt$"), ("dopri_nfe", "dopri5 NFE"),
           ("iv_loss", "IV of target loss"), ("spearman", r"Spearman $\rho$(step, $W_2$)"),
-          ("steps_to_level", "steps to 1.05 × best baseline $W_2$"), ("w2", r"final $W_2$"),
-          ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage")]
+          ("steps_to_level", "steps to 1.05 × best baseline $W_2$"),
+          ("seconds_to_level", "training seconds to 1.05 × best\nbaseline $W_2$ (this machine)"),
+          ("w2", r"final $W_2$"), ("precision", "precision"), ("recall", "recall"), ("density", "density"),
+          ("coverage", "coverage")]
 
 
 @plotter
@@ -74,8 +77,11 @@ def paths(metrics: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]], me
           jensen_bound: float) -> Figure:
     """Bars (mean over all units, pairs pooled) and dots (units) of every measure in :data:`PANELS`;
     ``metrics[pair][unit][method][key]``; the path-length panel shows T5's bound ``jensen_bound``."""
-    fig, axes = plt.subplots(2, 5, figsize=(17, 6.4))
+    ncols = -(-len(PANELS) // 2)
+    fig, axes = plt.subplots(2, ncols, figsize=(3.4 * ncols, 6.4))
     xs = np.arange(len(methods))
+    for ax in axes.ravel()[len(PANELS):]:
+        ax.axis("off")
     for ax, (key, label) in zip(axes.ravel(), PANELS):
         for i, m in enumerate(methods):
             v = np.asarray([u[m][key] for p in metrics for u in metrics[p]])

@@ -15,6 +15,13 @@ same way for every task:
   and over training), then the task's summary, through the cache;
 - :meth:`TaskRunner.run_methods`: the per-method loop over (task, seed) units.
 
+Wall time: every run measures its training time at each evaluation, evaluations excluded, from
+the start of :func:`~gftlib.experiments.methods.run_method` (method construction and the caches of
+the pretrained term count: the method pays them; loading the pretrained model and building the
+evaluator do not). :class:`RunRecord` holds it (:func:`timing_fields`). It depends on the machine
+and on the load and is never reproducible byte for byte; a run loaded from the cache keeps the
+wall time measured when it was computed (:mod:`gftlib.experiments.walltime`).
+
 Cache keys (:func:`gftlib.experiments.cache.cached_torch`) hold every parameter that can change the
 result plus the source of the whole package, so editing any code invalidates every entry.
 Conventions: t = 0 noise, t = 1 data.
@@ -38,7 +45,7 @@ from gftlib.training import TrainConfig, train
 from gftlib.validation import check_choice, check_positive_int, resolve_device
 
 __all__ = ["single_thread", "ema_state", "load_weights", "pretrain_source", "RunRecord", "record_fields",
-           "TaskRunner"]
+           "timing_fields", "TaskRunner"]
 
 TaskT = TypeVar("TaskT")
 ConfigT = TypeVar("ConfigT")
@@ -93,7 +100,12 @@ class RunRecord:
     """What every task's record of one fine-tuning run holds (the tasks add their evaluations):
     ``method``, ``seed``; loss logs sharing ``log_steps`` (means over each log interval; ``beta`` is
     the temperature at the logged step); ``schedule_final_beta``: beta at the last update (None
-    without a schedule); ``ema_state``: the final EMA weights (CPU)."""
+    without a schedule); ``ema_state``: the final EMA weights (CPU). Wall time in seconds
+    (:func:`timing_fields`; machine- and load-dependent): ``train_seconds_at_eval`` (E,) sharing the
+    task's ``eval_steps`` (every evaluation of the run, step 0 first): training seconds at each
+    evaluation, evaluations excluded; ``setup_seconds``: method construction and caches;
+    ``train_seconds``: the whole run; ``evaluation_seconds``: time inside the evaluations (excluded
+    from the others)."""
 
     method: str
     seed: int
@@ -103,16 +115,30 @@ class RunRecord:
     loss_target: np.ndarray
     loss_pretrained: np.ndarray
     schedule_final_beta: float | None
+    train_seconds_at_eval: np.ndarray
+    setup_seconds: float
+    train_seconds: float
+    evaluation_seconds: float
     ema_state: dict[str, Tensor] = field(repr=False)
 
 
+def timing_fields(run: MethodRun, evals: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The wall-time fields of :class:`RunRecord` for the evaluation rows ``evals`` (default: every
+    row of ``run.evals``); ``train_seconds_at_eval`` is aligned with their ``step``s."""
+    rows = run.evals if evals is None else evals
+    t = run.timing
+    return dict(train_seconds_at_eval=t.at([int(r["step"]) for r in rows]), setup_seconds=t.setup_seconds,
+                train_seconds=t.train_seconds, evaluation_seconds=t.evaluation_seconds)
+
+
 def record_fields(run: MethodRun, method: str, seed: int, steps: int) -> dict[str, Any]:
-    """The :class:`RunRecord` fields of a finished run of ``steps`` updates."""
+    """The :class:`RunRecord` fields of a finished run of ``steps`` updates (wall times aligned with
+    every row of ``run.evals``, which is what the tasks' ``eval_steps`` hold)."""
     logs, col = run.logs, run.column
     return dict(method=method, seed=seed, log_steps=col(logs, "step", np.int64), beta=col(logs, "beta"),
                 loss_total=col(logs, "total"), loss_target=col(logs, "target"),
                 loss_pretrained=col(logs, "pretrained"), schedule_final_beta=run.final_beta(steps),
-                ema_state=ema_state(run.result.ema_model))
+                **timing_fields(run), ema_state=ema_state(run.result.ema_model))
 
 
 class TaskRunner(ABC, Generic[TaskT, ConfigT, RunT]):

@@ -286,9 +286,9 @@ def load_model(task: Task2D, state: Mapping[str, Tensor], *, device: str | torch
 
 @dataclass(frozen=True)
 class FinetuneRun(RunRecord):
-    """One fine-tuning run of the 2-D task: :class:`~gftlib.experiments.tasks.runner.RunRecord` plus
-    evaluation arrays sharing ``eval_steps`` (E,) with step 0 = the initial model (``w2``,
-    ``path_length``, ``straightness``) and dopri arrays sharing ``dopri_steps``."""
+    """One fine-tuning run of the 2-D task: :class:`~gftlib.experiments.tasks.runner.RunRecord` plus arrays
+    sharing ``eval_steps`` (E,) with step 0 = the initial model (``w2``, ``path_length``, ``straightness``,
+    and the record's ``train_seconds_at_eval``) and dopri arrays sharing ``dopri_steps``."""
 
     eval_steps: np.ndarray
     w2: np.ndarray

@@ -92,6 +92,9 @@ def test_finetune_records_curves_and_is_cached(tmp_path, monkeypatch) -> None:
     assert run.beta[-1] == 0.0 and run.schedule_final_beta == 0.0
     assert np.all(np.isfinite(run.loss_total)) and run.log_steps[-1] == cfg.steps
     assert np.all((run.straightness > 0) & (run.straightness <= 1))
+    # wall times (values: tests/experiments/test_walltime.py): one per evaluation, with the run's totals
+    assert run.train_seconds_at_eval.shape == run.eval_steps.shape
+    assert run.train_seconds_at_eval[0] >= run.setup_seconds and run.evaluation_seconds > 0
     # a reloaded EMA model reproduces the last evaluation exactly
     model = T2.load_model(task, run.ema_state)
     x = T2.sample_model(task, model)
@@ -104,6 +107,9 @@ def test_finetune_records_curves_and_is_cached(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(T2.RUNNER, "finetune_uncached", boom)
     again = T2.finetune(task, "gft-coupling", 0, cfg)
     assert np.array_equal(again.w2, run.w2)
+    # a cached run keeps the wall times of its first computation
+    assert np.array_equal(again.train_seconds_at_eval, run.train_seconds_at_eval)
+    assert (again.setup_seconds, again.train_seconds) == (run.setup_seconds, run.train_seconds)
     with pytest.raises(AssertionError, match="retrained"):
         T2.finetune(task, "gft-coupling", 1, cfg)  # another seed is another run
     with pytest.raises(ValueError, match="method must be one of"):

@@ -59,7 +59,8 @@ def _fake_run(w2, seed=0) -> T2.FinetuneRun:
     return T2.FinetuneRun(method="ft", seed=seed, eval_steps=np.arange(n) * 10, w2=np.asarray(w2, float),
                           path_length=z, straightness=z, dopri_steps=z[:1], dopri_nfe=z[:1], dopri_w2=z[:1],
                           log_steps=z, beta=z, loss_total=z, loss_target=z, loss_pretrained=z,
-                          schedule_final_beta=None, ema_state={})
+                          schedule_final_beta=None, train_seconds_at_eval=np.arange(n) * 1.0, setup_seconds=0.0,
+                          train_seconds=float(n), evaluation_seconds=0.0, ema_state={})
 
 
 def test_stability_spread_is_mean_across_seed_std() -> None:
