@@ -67,8 +67,9 @@ __all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "DRY_RUN_SIZES", "DRY_RUN_SETTIN
 NO_TARGET_TERM: tuple[str, ...] = ("reflow",)
 
 #: Methods of the quick profile: GFT (coupling form) and the three baselines every claim is tested
-#: against (ft, ft-ot, l2-reg), 5 seeds each within the CPU budget; gft-drift, scratch and reflow run
-#: on the other profiles (and on request: ``methods``). E1 compares both GFT forms in 2-D.
+#: against (ft, ft-ot, l2-reg), in 4 units (seeds, each with its own pretraining) within the CPU
+#: budget; gft-drift, scratch and reflow run on the other profiles (and on request: ``methods``).
+#: E1 compares both GFT forms in 2-D.
 QUICK_METHODS: tuple[str, ...] = ("ft", "ft-ot", "l2-reg", "gft-coupling")
 
 #: The notebook's user-facing knobs per profile. ``methods`` is a list of names from METHODS;
@@ -82,7 +83,7 @@ PROFILE_TABLE: dict[str, dict[str, Any]] = {
               "inception_weights": None, "image_size": 8, "model_config": "tiny", "n_target": 64,
               "pretrain_steps": 60, "steps": 6, "batch_size": 16, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(METHODS), "nfe": 3},
-    "quick": {"n_seeds": 5, "dataset": "skimage", "data_root": None, "pretrain_root": None,
+    "quick": {"n_seeds": 4, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 16, "model_config": "tiny", "n_target": 256,
               "pretrain_steps": 350, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(QUICK_METHODS), "nfe": 8},
