@@ -12,8 +12,13 @@ wrong input. The kinds:
 - :func:`difference_margin`: the one-sided critical value of a difference of two independent
   evaluations with known standard errors: "A is resolvably below B";
 - :func:`gain_is_resolvable`: whether a predicted gain exceeds twice that margin (the check has
-  power; otherwise it is not asserted);
-- :func:`fits_target_from_pretrained`: which methods a fine-tuning check applies to.
+  power; otherwise it is not asserted); :func:`fit_check_prediction`: the predicted gain of a GFT
+  run from where its schedule ends (T2's mixture bound; a constant schedule stops at beta0 > 0);
+- :func:`fits_target_from_pretrained` / :func:`fit_check_skip_reason`: which runs a fine-tuning
+  check applies to, and why not (a check is applied only where its premise holds);
+  :func:`loss_decrease_skip_reason` the same for E2's held-out loss decrease;
+- :func:`mixture_sample`: the reference sample of T2's terminal mixture for a run whose schedule
+  stops at beta > 0 ("this model sits at the mixture, not at the target").
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.stats
+import torch
+from torch import Tensor
 
 from gftlib.experiments.methods import METHODS
 from gftlib.experiments.tasks.budget import SCHEDULED_METHODS
-from gftlib.validation import check_choice, check_finite_number
+from gftlib.validation import check_choice, check_finite_number, check_positive_int, check_tensor
 
 __all__ = ["Z_999", "null_upper_bound", "separation_tolerance", "floor_tolerance_threshold",
            "difference_margin", "gain_is_resolvable", "mixture_w2_bound", "FINETUNING_METHODS",
-           "SCHEDULED_METHODS", "fits_target_from_pretrained"]
+           "SCHEDULED_METHODS", "fits_target_from_pretrained", "fit_check_skip_reason",
+           "fit_check_prediction", "loss_decrease_skip_reason", "mixture_pretrained_count", "mixture_sample"]
 
 #: One-sided 99.9 % critical value of the standard normal distribution.
 Z_999: float = float(scipy.stats.norm.isf(1e-3))
@@ -120,16 +128,98 @@ def mixture_w2_bound(w2_pre_target: float, beta: float) -> float:
     return float(math.sqrt(b / (1.0 + b)) * w)
 
 
+def fit_check_prediction(w2_pre_target: float, floor: float, beta_final: float, margin: float
+                         ) -> tuple[float, bool]:
+    """The fit check "W2(model, q) <= W2(p_pre, q) - margin" of a GFT run whose schedule ends at
+    ``beta_final``: (predicted final W2, whether the check has power).
+
+    The prediction is max(floor, sqrt(b/(1+b)) W2(p_pre, q)) with b = ``beta_final``: the optimum's
+    terminal law is T2's mixture (q + b p_pre)/(1 + b), whose W2 to q is at most
+    :func:`mixture_w2_bound`; at b = 0 (every cooling schedule) it is the noise ``floor``. The check
+    has power when a model at the prediction would pass (gain > margin, :func:`gain_is_resolvable`
+    with fraction 1); a constant schedule at a large beta0 predicts too small a gain, so the check
+    is then not asserted."""
+    w2_pre_target = check_finite_number("w2_pre_target", w2_pre_target, minimum=0.0)
+    floor = check_finite_number("floor", floor, minimum=0.0)
+    predicted = max(floor, mixture_w2_bound(w2_pre_target, beta_final))
+    return predicted, gain_is_resolvable(w2_pre_target - predicted, margin, fraction=1.0)
+
+
+def fit_check_skip_reason(method: str, schedule_final: float | None = None) -> str | None:
+    """Why a fine-tuning check ("ends closer to the target than the pretrained model") does not apply to
+    a run of ``method`` whose cooling schedule ends at ``schedule_final`` (required for the scheduled
+    methods, :data:`SCHEDULED_METHODS`), or None when it applies: the run starts from the pretrained
+    weights and ends as plain CFM on the target. ``scratch`` (random init) and ``reflow`` (no target
+    term) never qualify; a scheduled method qualifies only when its schedule ends at beta = 0."""
+    method = check_choice("method", method, METHODS)
+    if method == "scratch":
+        return "scratch starts from a random init, not from the pretrained model"
+    if method == "reflow":
+        return "reflow has no target term (CFM on pretrained pairs only: it stays at p_pre)"
+    if method in SCHEDULED_METHODS:
+        if schedule_final is None:
+            raise ValueError(f"schedule_final is required for the scheduled method {method!r}")
+        beta = check_finite_number("schedule_final", schedule_final, minimum=0.0)
+        if beta > 0.0:
+            return (f"the schedule ends at beta = {beta:g} > 0: training does not end as plain CFM on the "
+                    "target (for gft-* the optimum is T2's mixture (q + beta p_pre)/(1 + beta))")
+    return None
+
+
+def loss_decrease_skip_reason(method: str, schedule_final: float | None = None) -> str | None:
+    """Why the check "the held-out target CFM loss decreases from the initial model" (E2: a paired test
+    at 3 standard errors) does not apply to a run of ``method`` whose cooling schedule ends at
+    ``schedule_final`` (required for :data:`SCHEDULED_METHODS`), or None when it applies.
+
+    Its power argument: at the initial model (the pretrained one, which minimises the pretrained term;
+    for ``scratch`` the zero-output network) the objective's gradient is the target term's, and a run
+    that ends as plain CFM on the target keeps descending it. ``reflow`` has no target term. A
+    schedule that stops at beta > 0 pulls the model back to the pretrained one at every step: the
+    decrease is smaller (at the optimum b = (b_tgt + beta b_pre)/(1 + beta) of a quadratic loss,
+    1 - (beta/(1+beta))^2 of plain fine-tuning's) and the test has no guaranteed power."""
+    method = check_choice("method", method, METHODS)
+    if method == "reflow":
+        return "reflow has no target term (CFM on pretrained pairs only)"
+    if method in SCHEDULED_METHODS:
+        if schedule_final is None:
+            raise ValueError(f"schedule_final is required for the scheduled method {method!r}")
+        beta = check_finite_number("schedule_final", schedule_final, minimum=0.0)
+        if beta > 0.0:
+            return (f"the schedule ends at beta = {beta:g} > 0: the pretrained term pulls the model back at "
+                    "every step, so the paired test has no guaranteed power")
+    return None
+
+
 def fits_target_from_pretrained(method: str, schedule_final: float | None = None) -> bool:
     """Whether ``method`` ends as plain CFM on the target started from the pretrained weights, so a
     fine-tuning check ("ends closer to the target than the pretrained model") applies: one of
     :data:`FINETUNING_METHODS`, and for a scheduled method a schedule that ends at beta = 0
-    (``schedule_final``; required for scheduled methods). ``scratch`` and ``reflow`` never."""
-    method = check_choice("method", method, METHODS)
-    if method not in FINETUNING_METHODS:
-        return False
-    if method in SCHEDULED_METHODS:
-        if schedule_final is None:
-            raise ValueError(f"schedule_final is required for the scheduled method {method!r}")
-        return check_finite_number("schedule_final", schedule_final, minimum=0.0) == 0.0
-    return True
+    (``schedule_final``; required for scheduled methods). ``scratch`` and ``reflow`` never
+    (:func:`fit_check_skip_reason` says why)."""
+    return fit_check_skip_reason(method, schedule_final) is None
+
+
+def mixture_pretrained_count(n: int, beta: float) -> int:
+    """How many of ``n`` points of a sample of m_beta = (q + beta p_pre)/(1 + beta) come from p_pre:
+    round(n beta / (1 + beta)) (the rest come from q)."""
+    n = check_positive_int("n", n)
+    b = check_finite_number("beta", beta, minimum=0.0)
+    return int(round(n * b / (1.0 + b)))
+
+
+def mixture_sample(target: Tensor, pretrained: Tensor, beta: float) -> Tensor:
+    """A sample of T2's terminal law m_beta = (q + beta p_pre)/(1 + beta) of the size n of ``target``
+    (shape (n, d), samples of q): its first n - k points followed by the first k points of
+    ``pretrained`` (shape (>= k, d), samples of p_pre), k = :func:`mixture_pretrained_count`.
+    Draw ``pretrained`` from noise independent of the samples it is compared with."""
+    target = check_tensor("target", target, ndim=2)
+    pretrained = check_tensor("pretrained", pretrained, ndim=2)
+    if pretrained.shape[1] != target.shape[1]:
+        raise ValueError(f"pretrained must have dimension {target.shape[1]} like target, "
+                         f"got shape {tuple(pretrained.shape)}")
+    n = target.shape[0]
+    k = mixture_pretrained_count(n, beta)
+    if pretrained.shape[0] < k:
+        raise ValueError(f"pretrained must hold at least {k} points (n = {n}, beta = {beta:g}), "
+                         f"got {pretrained.shape[0]}")
+    return torch.cat([target[: n - k], pretrained[:k].to(target)])

@@ -20,7 +20,7 @@ from gftlib.experiments import seeded2d as S2
 from gftlib.experiments.tasks import toy2d as T2
 from gftlib.experiments.methods import check_methods
 from gftlib.experiments.profiles import PROFILES, profile_values
-from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, Budget, task_for_seed
+from gftlib.experiments.scenarios import BASELINES, GFT_FORMS, SCENARIO_METHODS, Budget, task_for_seed
 from gftlib.validation import check_choice, check_finite_number, check_positive_int, resolve_device
 
 __all__ = ["PROFILE_TABLE", "PROFILE_SETTINGS", "DRY_RUN_SIZES", "DRY_RUN_SETTINGS", "ScenarioSetup", "resolve_setup", "claim_rows"]
@@ -98,8 +98,11 @@ def resolve_setup(params: Mapping[str, Any]) -> ScenarioSetup:
                        dry_run=params.get("dry_run", False), dry_run_sizes=DRY_RUN_SETTINGS)
     n_seeds = check_positive_int("n_seeds", params["n_seeds"])
     methods = check_methods(params["methods"])
-    if "reflow" in methods or "scratch" in methods:
-        raise ValueError(f"methods must be fine-tuning methods (not 'reflow'/'scratch'), got {list(methods)}")
+    refused = [m for m in methods if m not in SCENARIO_METHODS]
+    if refused:
+        raise ValueError(f"methods must be fine-tuning methods, each one of {', '.join(SCENARIO_METHODS)} "
+                         "(E5 compares fine-tuning of the pretrained model: 'scratch' does not start from it, "
+                         f"'reflow' has no target term); got {list(methods)}, refused {refused}")
     sizes = _n_targets(params["n_targets"], s["n_target_pool"])
     if sizes[-1] > s["n_heldout"]:
         raise ValueError(f"n_targets must not exceed n_heldout={s['n_heldout']} (the memorisation measure "

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gftlib.schedules import SCHEDULES, CoolingSchedule, make_schedule, tv_move
+from gftlib.schedules import SCHEDULES, CoolingSchedule, default_schedule_options, make_schedule, tv_move
 
 KINDS = [
     ("constant", {}),
@@ -98,6 +98,21 @@ def test_stage_moves_formula_and_telescoping():
 
 def test_schedule_names():
     assert SCHEDULES == ("constant", "linear", "cosine", "exponential", "step", "custom")
+
+
+def test_default_options_build_every_documented_kind():
+    """What the walkthrough does with its `schedule_kind` parameter: every kind but custom builds from
+    make_schedule(kind, beta0, steps, **default_schedule_options(kind)); exponential takes rate 5, step 4
+    stages; only constant stops at beta0 > 0."""
+    assert default_schedule_options("exponential") == {"rate": 5.0}
+    assert default_schedule_options("step") == {"n_stages": 4}
+    for kind in SCHEDULES[:-1]:
+        sched = make_schedule(kind, 2.0, 300, **default_schedule_options(kind))
+        assert sched.values()[0] == 2.0 and sched.final == (2.0 if kind == "constant" else 0.0)
+    expo = make_schedule("exponential", 2.0, 300, **default_schedule_options("exponential"))
+    np.testing.assert_array_equal(expo.values(), make_schedule("exponential", 2.0, 300, rate=5.0).values())
+    with pytest.raises(ValueError, match="schedule_kind must be one of 'constant', 'linear'"):
+        default_schedule_options("custom")
 
 
 # ---------------------------------------------------------------- rejected parameters

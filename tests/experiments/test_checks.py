@@ -13,9 +13,14 @@ from gftlib.theory.analytic import GaussianMixture, GaussianMixturePath
 from gftlib.experiments.checks import (
     Z_999,
     difference_margin,
+    fit_check_prediction,
+    fit_check_skip_reason,
     fits_target_from_pretrained,
     floor_tolerance_threshold,
     gain_is_resolvable,
+    loss_decrease_skip_reason,
+    mixture_pretrained_count,
+    mixture_sample,
     mixture_w2_bound,
     null_upper_bound,
     separation_tolerance,
@@ -131,6 +136,87 @@ def test_fits_target_from_pretrained() -> None:
         fits_target_from_pretrained("l2-reg")
     with pytest.raises(ValueError, match="method must be one of"):
         fits_target_from_pretrained("gft")
+
+
+def test_fit_check_prediction_follows_where_the_schedule_ends() -> None:
+    """The walkthrough's numbers (smoke, seed 0): W2(p_pre, q) 0.563, floor 0.149, margin 0.124. A cooling
+    schedule (beta_final = 0) predicts the floor and has power; a constant schedule at beta0 = 2 predicts
+    sqrt(2/3) 0.563 = 0.459, a gain below the margin, so its check is not asserted; at beta0 = 0.25 it is."""
+    assert fit_check_prediction(0.563, 0.149, 0.0, 0.124) == (0.149, True)
+    pred, powered = fit_check_prediction(0.563, 0.149, 2.0, 0.124)
+    assert pred == pytest.approx(math.sqrt(2 / 3) * 0.563) and not powered
+    pred, powered = fit_check_prediction(0.563, 0.149, 0.25, 0.124)
+    assert pred == pytest.approx(math.sqrt(0.2) * 0.563) and powered
+    # a model at the prediction passes the check "W2 <= W2_pre - margin" whenever the check is asserted
+    for beta in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 8.0):
+        pred, powered = fit_check_prediction(0.563, 0.149, beta, 0.124)
+        assert powered == (pred <= 0.563 - 0.124)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        fit_check_prediction(0.563, 0.149, -1.0, 0.124)
+    with pytest.raises(ValueError, match="floor must be a finite number >= 0"):
+        fit_check_prediction(0.563, float("nan"), 0.0, 0.124)
+
+
+@pytest.mark.parametrize("method, final, match", [
+    ("scratch", None, "random init"), ("reflow", None, "no target term"),
+    ("gft-coupling", 2.0, "ends at beta = 2 > 0"), ("gft-drift", 0.5, "T2's mixture"), ("l2-reg", 1e-3, "beta = 0.001"),
+])
+def test_fit_check_skip_reason_names_the_failed_premise(method, final, match) -> None:
+    assert match in fit_check_skip_reason(method, final)
+    assert not fits_target_from_pretrained(method, final)
+
+
+def test_fit_check_applies_to_every_finetuning_method_that_ends_at_zero() -> None:
+    for m in ("ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling"):
+        assert fit_check_skip_reason(m, 0.0) is None
+    assert fit_check_skip_reason("ft", 3.0) is None          # unscheduled: the schedule does not matter
+    with pytest.raises(ValueError, match="schedule_final must be a finite number >= 0"):
+        fit_check_skip_reason("gft-drift", -1.0)
+
+
+def test_loss_decrease_check_applies_to_every_run_with_a_target_term_that_ends_at_zero() -> None:
+    for m in ("scratch", "ft", "ft-ot"):                      # unscheduled (scratch: from the zero-output init)
+        assert loss_decrease_skip_reason(m) is None and loss_decrease_skip_reason(m, 2.0) is None
+    for m in ("l2-reg", "gft-drift", "gft-coupling"):
+        assert loss_decrease_skip_reason(m, 0.0) is None
+        assert "ends at beta = 2 > 0" in loss_decrease_skip_reason(m, 2.0)    # constant schedule
+    assert "no target term" in loss_decrease_skip_reason("reflow")
+    with pytest.raises(ValueError, match="schedule_final is required"):
+        loss_decrease_skip_reason("gft-drift")
+    with pytest.raises(ValueError, match="method must be one of"):
+        loss_decrease_skip_reason("gft")
+
+
+def test_mixture_sample_is_the_mixture_and_a_wrong_weight_is_rejected() -> None:
+    """T2's mixture check (E4, constant schedule): a model at m_1 is resolvably closer to mixture_sample(q, p, 1)
+    than to q; a model at q (plain fine-tuning, which a constant schedule cannot reach) is not. (The check
+    tells "at the mixture" from "at the target" only: a law between m_1 and p passes it too.)"""
+    q = GaussianMixture.from_dict({"weights": [1.0], "means": [[0.0, 0.0]], "stds": [0.3]})
+    p = GaussianMixture.from_dict({"weights": [1.0], "means": [[3.0, 0.0]], "stds": [0.3]})
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    ref = mixture_sample(q.sample(n, g), p.sample(n, g), 1.0)
+    assert ref.shape == (n, 2) and mixture_pretrained_count(n, 1.0) == 200
+    assert int((ref[:, 0] > 1.5).sum()) == 200                 # exactly k points from p
+    held = q.sample(n, g)
+    floors = [wasserstein2(q.sample(n, g), held) for _ in range(8)]
+    margin = difference_margin(float(np.std(floors, ddof=1)))
+    at_mix, at_q = q.mix(p, 1.0).sample(n, g), q.sample(n, g)
+    assert wasserstein2(at_mix, ref) <= wasserstein2(at_mix, held) - margin
+    assert not wasserstein2(at_q, ref) <= wasserstein2(at_q, held) - margin
+
+
+def test_mixture_sample_bad_input() -> None:
+    x = torch.zeros(10, 2)
+    assert mixture_pretrained_count(10, 0.0) == 0 and torch.equal(mixture_sample(x, x[:0], 0.0), x)
+    with pytest.raises(ValueError, match="pretrained must hold at least 9 points"):
+        mixture_sample(x, torch.ones(3, 2), 8.0)
+    with pytest.raises(ValueError, match="pretrained must have dimension 2"):
+        mixture_sample(x, torch.ones(10, 3), 1.0)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        mixture_pretrained_count(10, -1.0)
+    with pytest.raises(TypeError, match="n must be an integer >= 1"):
+        mixture_pretrained_count(2.5, 1.0)
 
 
 def test_report_check_records_a_failed_bound() -> None:

@@ -154,7 +154,9 @@ def test_resolve_setup_builds_nested_tasks_per_seed() -> None:
     ({"n_targets": [32, 32]}, "n_targets must be distinct sizes"),
     ({"n_targets": [4096]}, "n_targets must be distinct sizes in"),
     ({"n_targets": [512]}, "n_targets must not exceed n_heldout=256"),
-    ({"methods": ["ft", "reflow"]}, "methods must be fine-tuning methods"),
+    ({"methods": ["ft", "reflow"]}, r"methods must be fine-tuning methods, each one of ft, ft-ot, l2-reg, gft-drift, "
+                                    r"gft-coupling .*got \['ft', 'reflow'\], refused \['reflow'\]"),
+    ({"methods": ["scratch", "gft-drift"]}, r"'scratch' does not start from it.*refused \['scratch'\]"),
     ({"diffusion": 0.0}, "diffusion must be a finite number > 0"),
     ({"stress_lr": 0.0}, "lr must be a finite number > 0"),
 ])

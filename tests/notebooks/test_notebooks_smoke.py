@@ -81,9 +81,13 @@ def assert_wall_time_kept_apart(result: dict) -> None:
 def test_same_seed_gives_identical_results_json(tmp_path: Path) -> None:
     """Determinism on the CPU: the same notebook and seed twice give byte-identical results JSON.
     The walkthrough trains (random init, OT prefetching, caches, sampling); it runs here with
-    non-default parameters, which must work too (an exponential schedule takes its default rate)."""
+    non-default parameters, which must work too and pass the checks that apply to them: a constant
+    schedule (beta stays at beta0 = 0.25, so the fit check is asserted against T2's mixture bound
+    sqrt(beta0/(1+beta0)) W2(p_pre, q), not the noise floor) from another source. That the exponential
+    schedule takes its default rate is tests/core/test_schedules.py; that a constant schedule at a
+    large beta0 skips the unpowered fit check is tests/experiments/test_checks.py."""
     nb = ROOT / "notebooks" / "00_walkthrough.ipynb"
-    extra = ("-p", "seed", "3", "-p", "schedule_kind", "exponential", "-p", "source", "rings")
+    extra = ("-p", "seed", "3", "-p", "schedule_kind", "constant", "-p", "beta0", "0.25", "-p", "source", "rings")
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):
         res = run_smoke(nb, out, *extra)
@@ -91,3 +95,8 @@ def test_same_seed_gives_identical_results_json(tmp_path: Path) -> None:
     a = (first / "results" / f"{nb.stem}.json").read_bytes()
     b = (second / "results" / f"{nb.stem}.json").read_bytes()
     assert a == b
+    result = json.loads(a)
+    assert result["parameters"]["schedule_kind"] == "constant" and result["numbers"]["final_beta"] == 0.25
+    assert result["numbers"]["fit_check_powered"] is True and len(result["checks"]) == 1   # asserted, not skipped
+    failed = [c for c in result["checks"] if not c["passed"]]
+    assert not failed and result["all_checks_passed"] is True, failed

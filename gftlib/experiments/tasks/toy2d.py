@@ -77,9 +77,10 @@ EULER_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 #: The notebooks' user-facing knobs per profile (E1, E3 and E4 share it, so the same profile and
 #: seed give the same cached runs). ``methods`` is a list of names from METHODS.
 PROFILE_TABLE: dict[str, dict[str, Any]] = {
+    # smoke: reflow and scratch too, so the test suite runs E1's checks on methods they do not apply to
     "smoke": {"n_seeds": 2, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 100,
               "batch_size": 128, "beta0": 2.0, "schedule_kind": "cosine",
-              "methods": ["ft", "ft-ot", "gft-coupling"]},
+              "methods": ["ft", "ft-ot", "gft-coupling", "reflow", "scratch"]},
     "quick": {"n_seeds": 5, "source": "checkerboard", "target": "moons", "n_target": 512, "steps": 200,
               "batch_size": 128, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": ["ft", "ft-ot", "l2-reg", "gft-drift", "gft-coupling"]},
