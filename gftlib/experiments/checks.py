@@ -156,13 +156,10 @@ def fit_check_skip_reason(method: str, schedule_final: float | None = None) -> s
         return "scratch starts from a random init, not from the pretrained model"
     if method == "reflow":
         return "reflow has no target term (CFM on pretrained pairs only: it stays at p_pre)"
-    if method in SCHEDULED_METHODS:
-        if schedule_final is None:
-            raise ValueError(f"schedule_final is required for the scheduled method {method!r}")
-        beta = check_finite_number("schedule_final", schedule_final, minimum=0.0)
-        if beta > 0.0:
-            return (f"the schedule ends at beta = {beta:g} > 0: training does not end as plain CFM on the "
-                    "target (for gft-* the optimum is T2's mixture (q + beta p_pre)/(1 + beta))")
+    beta = _final_beta_above_zero(method, schedule_final)
+    if beta is not None:
+        return (f"the schedule ends at beta = {beta:g} > 0: training does not end as plain CFM on the "
+                "target (for gft-* the optimum is T2's mixture (q + beta p_pre)/(1 + beta))")
     return None
 
 
@@ -180,14 +177,22 @@ def loss_decrease_skip_reason(method: str, schedule_final: float | None = None) 
     method = check_choice("method", method, METHODS)
     if method == "reflow":
         return "reflow has no target term (CFM on pretrained pairs only)"
-    if method in SCHEDULED_METHODS:
-        if schedule_final is None:
-            raise ValueError(f"schedule_final is required for the scheduled method {method!r}")
-        beta = check_finite_number("schedule_final", schedule_final, minimum=0.0)
-        if beta > 0.0:
-            return (f"the schedule ends at beta = {beta:g} > 0: the pretrained term pulls the model back at "
-                    "every step, so the paired test has no guaranteed power")
+    beta = _final_beta_above_zero(method, schedule_final)
+    if beta is not None:
+        return (f"the schedule ends at beta = {beta:g} > 0: the pretrained term pulls the model back at "
+                "every step, so the paired test has no guaranteed power")
     return None
+
+
+def _final_beta_above_zero(method: str, schedule_final: float | None) -> float | None:
+    """The final beta of a scheduled ``method`` when it is > 0 (None otherwise, and for unscheduled
+    methods); ``schedule_final`` is required for :data:`SCHEDULED_METHODS`."""
+    if method not in SCHEDULED_METHODS:
+        return None
+    if schedule_final is None:
+        raise ValueError(f"schedule_final is required for the scheduled method {method!r}")
+    beta = check_finite_number("schedule_final", schedule_final, minimum=0.0)
+    return beta if beta > 0.0 else None
 
 
 def fits_target_from_pretrained(method: str, schedule_final: float | None = None) -> bool:
