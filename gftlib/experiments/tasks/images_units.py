@@ -136,12 +136,10 @@ def pooled_reference(units: Sequence[ImageUnit], metric: str) -> dict[str, float
                                   ("pretrained", "pretrained"))}}
 
 
-def heldout_decrease(units: Sequence[ImageUnit], runs: Mapping[int, TI.ImageRun] | Sequence[TI.ImageRun],
-                     method: str) -> TIE.PairedDecrease:
+def heldout_decrease(units: Sequence[ImageUnit], runs: Sequence[TI.ImageRun], method: str) -> TIE.PairedDecrease:
     """Paired test of check 3 for ``method``: d_i = mean over units of (initial - final) held-out CFM
     loss of pair i (each unit's own fixed pairs; pairs are i.i.d. within a unit and units are
     independent, so the d_i are i.i.d.). ``runs``: the method's run of each unit, in unit order."""
-    runs = list(runs.values()) if isinstance(runs, Mapping) else list(runs)
     if len(runs) != len(units):
         raise ValueError(f"runs must hold one run per unit ({len(units)}), got {len(runs)}")
     before = np.mean([TIE.initial_heldout_loss(u.task, method, u.pretrained) for u in units], axis=0)
