@@ -13,6 +13,9 @@ BUILD       ?= build
 TEST_WORKERS ?= 2
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
+# --no-compile: Python byte-compiles each module on its first import instead (torch alone takes 30 s
+# to compile at install, most of it modules this project never imports).
+PIP_FLAGS   ?= --quiet --no-compile
 
 NOTEBOOKS   := $(sort $(wildcard notebooks/*.ipynb))
 # make figures runs FIGURE_JOBS notebooks at once (one kernel, one thread each), the longest first;
@@ -47,11 +50,11 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -r requirements.lock "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --no-deps torchcfm==1.0.7
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements.lock "$(TORCH_SPEC)"
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps torchcfm==1.0.7
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned dependencies and gftlib (editable)
@@ -86,7 +89,12 @@ bench: $(STAMP) ## Benchmarks against torchcfm; writes benchmarks/results-<machi
 # JupyterLab refuses to start as root (containers) unless told --allow-root; add it only there.
 LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-lab: $(STAMP) ## Open JupyterLab at the repo root (saving a notebook also writes its build/nbsrc/ twin)
+LAB_STAMP := $(VENV)/.lab-installed
+$(LAB_STAMP): $(STAMP) requirements-lab.lock
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-lab.lock
+	@touch $@
+
+lab: $(LAB_STAMP) ## Install JupyterLab on first use and open it at the repo root (saving a notebook also writes its build/nbsrc/ twin)
 	$(VENV)/bin/jupyter lab $(LAB_ROOT_FLAG) --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks
 
 nb2py: $(STAMP) ## Write every notebook as a percent script build/nbsrc/<stem>.py (jupytext; overwrites)

@@ -3,7 +3,8 @@
 ``results/<stem>.json`` holds the parameters actually used, the environment, the key numbers and a
 list ``checks`` of ``{"name", "value", "threshold", "passed", ...}`` where each threshold comes from
 the mathematics. Output folders default to the repository's ``figures/`` and ``results/``;
-the environment variables ``GFT_FIGURES_DIR`` / ``GFT_RESULTS_DIR`` redirect them (tests, smoke runs).
+the environment variables ``GFT_FIGURES_DIR`` / ``GFT_RESULTS_DIR`` redirect them (tests, smoke runs),
+and ``GFT_FIGURE_FORMATS`` (default ``png,pdf``) selects the figure files written (:func:`figure_formats`).
 
 Byte identity. The JSON has no timestamps, so the same seed on the same machine gives an identical
 file, **except** for wall times, which only E1 records (training speed in seconds,
@@ -198,6 +199,30 @@ class _Numbers(dict):
         return self[key]
 
 
+#: Figure file formats a notebook may write; ``make figures`` writes the default, PNG and vector PDF.
+FIGURE_FORMATS = ("png", "pdf", "svg")
+DEFAULT_FIGURE_FORMATS = ("png", "pdf")
+#: No creation dates, so that the same figure gives the same file.
+_REPRODUCIBLE_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def figure_formats(value: str | None = None, *, name: str = "GFT_FIGURE_FORMATS") -> tuple[str, ...]:
+    """The formats in ``value`` (comma-separated; default: ``$GFT_FIGURE_FORMATS``, else ``png,pdf``);
+    ``name`` is what an error message calls the setting.
+
+    Tests that only need a notebook's numbers (the paper-profile dry runs, the determinism test) set
+    ``png``: the PDF's font embedding costs about twice the PNG's rendering.
+    """
+    raw = os.environ.get("GFT_FIGURE_FORMATS") if value is None else value
+    if raw is None:
+        return DEFAULT_FIGURE_FORMATS
+    formats = tuple(f.strip().lower() for f in raw.split(","))
+    if not formats or any(f not in FIGURE_FORMATS for f in formats) or len(set(formats)) != len(formats):
+        raise ValueError(f"{name} must be a comma-separated list of distinct formats from "
+                         f"{', '.join(FIGURE_FORMATS)}, got {raw!r}")
+    return formats
+
+
 @dataclass
 class Report:
     """Collects one notebook's parameters, numbers, checks and figures.
@@ -220,6 +245,7 @@ class Report:
 
     def __post_init__(self) -> None:
         self.numbers = _Numbers(self, self.numbers)
+        figure_formats()  # a bad GFT_FIGURE_FORMATS fails here, before the notebook's work
 
     @contextmanager
     def _scope(self, frame: tuple[Any, list[str]]) -> Iterator[None]:
@@ -274,7 +300,7 @@ class Report:
         return c
 
     def savefig(self, fig: Any, name: str, *, by: Callable[..., Any] | None = None) -> list[Path]:
-        """Write ``figures/<stem>_<name>.png`` and ``.pdf`` atomically.
+        """Write ``figures/<stem>_<name>.png`` and ``.pdf`` (:func:`figure_formats`) atomically.
 
         The provenance names the :func:`~gftlib.experiments.provenance.plotter` that drew ``fig``;
         ``by`` names it for a figure drawn otherwise and must agree with the stamp if both exist.
@@ -286,9 +312,9 @@ class Report:
                 raise ValueError(f"savefig({name!r}): by={named} but the figure was drawn by {function}")
             function = named
         paths = []
-        for ext in ("png", "pdf"):
+        for ext in figure_formats():
             path = self.figures_dir / f"{self.stem}_{name}.{ext}"
-            atomic_savefig(fig, path, metadata={"CreationDate": None} if ext == "pdf" else None)
+            atomic_savefig(fig, path, metadata=_REPRODUCIBLE_METADATA.get(ext))
             paths.append(path)
         self.figures.append(f"{self.stem}_{name}")
         self._figure_prov[f"{self.stem}_{name}"] = (current_cell(), function)

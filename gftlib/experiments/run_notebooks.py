@@ -101,15 +101,27 @@ def run_notebook(
     results_dir: str | os.PathLike[str] | None = None,
     kernel_name: str = "python3",
     timeout: int | None = None,
+    figure_formats: Sequence[str] | None = None,
 ) -> Path:
-    """Execute one notebook with papermill; return the executed copy's path or raise NotebookFailed."""
+    """Execute one notebook with papermill; return the executed copy's path or raise NotebookFailed.
+
+    ``figure_formats``: the figure files written (default ``$GFT_FIGURE_FORMATS``, else PNG and PDF;
+    :func:`gftlib.experiments.report.figure_formats`)."""
     notebook = Path(notebook)
     check_parameters(notebook, parameters)
+    formats = None
+    if figure_formats is not None:
+        from gftlib.experiments.report import figure_formats as checked_formats  # torch: import on use
+
+        formats = ",".join(checked_formats(",".join(figure_formats), name="figure_formats"))
     import papermill as pm  # imported only once the parameters are known to be valid (slow import)
 
     out = Path(build_dir) / "notebooks" / notebook.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    env_backup = {k: os.environ.get(k) for k in ("GFT_FIGURES_DIR", "GFT_RESULTS_DIR", "MPLBACKEND")}
+    env_backup = {k: os.environ.get(k)
+                  for k in ("GFT_FIGURES_DIR", "GFT_RESULTS_DIR", "GFT_FIGURE_FORMATS", "MPLBACKEND")}
+    if formats is not None:
+        os.environ["GFT_FIGURE_FORMATS"] = formats
     if figures_dir is not None:
         os.environ["GFT_FIGURES_DIR"] = str(Path(figures_dir).resolve())
     if results_dir is not None:

@@ -128,3 +128,50 @@ def test_machine_independent_drops_exactly_the_wall_times() -> None:
     assert "wall_time" in doc["numbers"] and len(doc["numbers"]["claims"]) == 2  # the input is not changed
     assert MACHINE_DEPENDENT_KEY == "wall_time"
     assert machine_independent({"checks": []}) == {"checks": []}
+
+
+def _tiny_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [0, 1])
+    return fig
+
+
+@pytest.mark.parametrize("setting, written", [(None, ["png", "pdf"]), ("png", ["png"]), ("svg, PDF", ["svg", "pdf"])])
+def test_savefig_writes_exactly_the_selected_formats(setting, written, tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
+    from gftlib.experiments.report import figure_formats
+
+    monkeypatch.setenv("GFT_FIGURES_DIR", str(tmp_path))
+    if setting is None:
+        monkeypatch.delenv("GFT_FIGURE_FORMATS", raising=False)
+    else:
+        monkeypatch.setenv("GFT_FIGURE_FORMATS", setting)
+    assert list(figure_formats()) == written
+    fig = _tiny_figure()
+    paths = Report("t0_demo", {"seed": 0}).savefig(fig, "demo", by=_tiny_figure)
+    plt.close(fig)
+    assert [p.suffix[1:] for p in paths] == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"t0_demo_demo.{ext}" for ext in written)
+
+
+@pytest.mark.parametrize("bad", ["", "jpg", "png,png", "png,", "png;pdf"])
+def test_bad_figure_formats_fail_when_the_report_is_made(bad: str, monkeypatch) -> None:
+    monkeypatch.setenv("GFT_FIGURE_FORMATS", bad)
+    with pytest.raises(ValueError, match=rf"GFT_FIGURE_FORMATS must be a comma-separated list of distinct "
+                                         rf"formats from png, pdf, svg, got {bad!r}"):
+        Report("t0_demo", {"seed": 0})
+
+
+def test_run_notebook_refuses_bad_figure_formats_before_the_kernel_starts(tmp_path: Path) -> None:
+    from gftlib.experiments.run_notebooks import run_notebook
+
+    nb = Path(__file__).resolve().parents[2] / "notebooks" / "t1_girsanov.ipynb"
+    with pytest.raises(ValueError, match="figure_formats must be .* got 'png,eps'"):
+        run_notebook(nb, parameters={"profile": "smoke"}, build_dir=tmp_path, figure_formats=["png", "eps"])
+    assert not (tmp_path / "notebooks").exists()

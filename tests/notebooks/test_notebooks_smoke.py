@@ -25,8 +25,8 @@ NONET = ROOT / "tests" / "nonet"
 pytestmark = pytest.mark.slow
 
 
-def run_smoke(notebook: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def run_smoke(notebook: Path, out: Path, *extra: str, figure_formats: str = "png,pdf") -> subprocess.CompletedProcess:
+    env = dict(os.environ, GFT_FIGURE_FORMATS=figure_formats)
     env["PYTHONPATH"] = os.pathsep.join([str(NONET), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
     env["GFT_CACHE_DIR"] = str(out / "cache")
@@ -43,7 +43,14 @@ def test_network_is_blocked_in_subprocesses(tmp_path: Path) -> None:
     assert "blocked" in res.stdout, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+#: The walkthrough's smoke run is test_same_seed_gives_identical_results_json below (twice, with
+#: non-default parameters whose checks it asserts); its default parameters' code path is run by the
+#: paper-profile dry run (tests/notebooks/test_notebooks_paper_dry_run.py: same source, target and
+#: schedule, dry-run sizes) and its default checks by `make figures`.
+SMOKED_HERE = [p for p in NOTEBOOKS if p.stem != "00_walkthrough"]
+
+
+@pytest.mark.parametrize("notebook", SMOKED_HERE, ids=[p.stem for p in SMOKED_HERE])
 def test_notebook_smoke(notebook: Path, tmp_path: Path) -> None:
     res = run_smoke(notebook, tmp_path)
     assert res.returncode == 0, f"{notebook.name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -80,6 +87,7 @@ def assert_wall_time_kept_apart(result: dict) -> None:
 
 def test_same_seed_gives_identical_results_json(tmp_path: Path) -> None:
     """Determinism on the CPU: the same notebook and seed twice give byte-identical results JSON.
+    This is also the walkthrough's smoke run (see SMOKED_HERE).
     The walkthrough trains (random init, OT prefetching, caches, sampling); it runs here with
     non-default parameters, which must work too and pass the checks that apply to them: a constant
     schedule (beta stays at beta0 = 0.25, so the fit check is asserted against T2's mixture bound
@@ -90,7 +98,7 @@ def test_same_seed_gives_identical_results_json(tmp_path: Path) -> None:
     extra = ("-p", "seed", "3", "-p", "schedule_kind", "constant", "-p", "beta0", "0.25", "-p", "source", "rings")
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):
-        res = run_smoke(nb, out, *extra)
+        res = run_smoke(nb, out, *extra, figure_formats="png")  # the numbers are compared, not the figures
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     a = (first / "results" / f"{nb.stem}.json").read_bytes()
     b = (second / "results" / f"{nb.stem}.json").read_bytes()
@@ -100,3 +108,6 @@ def test_same_seed_gives_identical_results_json(tmp_path: Path) -> None:
     assert result["numbers"]["fit_check_powered"] is True and len(result["checks"]) == 1   # asserted, not skipped
     failed = [c for c in result["checks"] if not c["passed"]]
     assert not failed and result["all_checks_passed"] is True, failed
+    assert not provenance_gaps(result), provenance_gaps(result)  # the rest of a smoke run's assertions
+    assert result["figures"] and all((first / "figures" / f"{fig}.png").stat().st_size > 0
+                                     for fig in result["figures"])
