@@ -40,9 +40,14 @@ DEFAULT_TESTS: tuple[str, ...] = (
     "tests/training/test_fastpath.py::test_prefetch_training_equals_plain_and_resumes_exactly",
     "tests/core/test_bad_inputs.py::test_unknown_notebook_parameter_fails_before_the_kernel_starts",
     "tests/core/test_bad_inputs.py::test_cli_rejects_a_parameter_typo_for_a_real_notebook",
-    "tests/cli/test_cli.py",
+    # the subprocess tests of these files (the others run in-process, without threads or the clock)
+    "tests/cli/test_cli.py::test_console_script_and_module_entry",
+    "tests/cli/test_cli.py::test_normal_run_prints_no_warnings",
+    "tests/cli/test_cli.py::test_torchrun_finetune_and_rank0_sampling",
+    "tests/cli/test_cli.py::test_finetune_every_method_then_sample_and_eval[gft-coupling]",
     "tests/core/test_front_door.py",
-    "tests/docs/test_docs_site.py",
+    "tests/docs/test_docs_site.py::test_jupytext_config_pairs_notebooks_with_build_nbsrc",
+    "tests/docs/test_docs_site.py::test_full_api_reference_builds_with_resolving_links",
     "tests/notebooks/test_notebooks_smoke.py::test_network_is_blocked_in_subprocesses",
     "tests/benchmarks/test_bench_smoke.py",
 )
