@@ -13,9 +13,9 @@ BUILD       ?= build
 TEST_WORKERS ?= 2
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
-# --no-compile: Python byte-compiles each module on its first import instead (torch alone takes 30 s
-# to compile at install, most of it modules this project never imports).
-PIP_FLAGS   ?= --quiet --no-compile
+# pip byte-compiles at install (no --no-compile): where PYTHONDONTWRITEBYTECODE=1 is set, as in many
+# container images, Python never writes the .pyc files itself, and each process would compile torch anew.
+PIP_FLAGS   ?= --quiet
 
 NOTEBOOKS   := $(sort $(wildcard notebooks/*.ipynb))
 # make figures runs FIGURE_JOBS notebooks at once (one kernel, one thread each), the longest first;
