@@ -51,10 +51,8 @@ help: ## List the targets
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.lock "$(TORCH_SPEC)"
-	$(PY) -m pip install $(PIP_FLAGS) --no-deps torchcfm==1.0.7
-	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps torchcfm==1.0.7 -e .
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install the pinned dependencies and gftlib (editable)
