@@ -73,9 +73,18 @@ def burning(count: int) -> Iterator[None]:
             p.wait()
 
 
+def _selection(node: str) -> list[str]:
+    """pytest arguments selecting ``node``. A parametrised id ``f.py::t[p]`` becomes ``f.py::t -k p``:
+    the repeat plugin renames it ``t[stressK-p]``, which the bracketed id would no longer find."""
+    if node.endswith("]") and "[" in node:
+        base, param = node[:-1].split("[", 1)
+        return [base, "-k", param]
+    return [node]
+
+
 def _pytest(nodes: list[str], repeat: int) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:xdist", "-p", "no:cacheprovider",
-           "-p", "stress_repeat", *nodes]
+           "-p", "stress_repeat", *[arg for node in nodes for arg in _selection(node)]]
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "scripts"), env["PYTHONPATH"]])
     env["GFT_STRESS_REPEAT"] = str(repeat)
