@@ -217,7 +217,7 @@ def figure_formats(value: str | None = None, *, name: str = "GFT_FIGURE_FORMATS"
     if raw is None:
         return DEFAULT_FIGURE_FORMATS
     formats = tuple(f.strip().lower() for f in raw.split(","))
-    if not formats or any(f not in FIGURE_FORMATS for f in formats) or len(set(formats)) != len(formats):
+    if any(f not in FIGURE_FORMATS for f in formats) or len(set(formats)) != len(formats):  # "" -> ("",)
         raise ValueError(f"{name} must be a comma-separated list of distinct formats from "
                          f"{', '.join(FIGURE_FORMATS)}, got {raw!r}")
     return formats
