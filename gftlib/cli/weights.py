@@ -10,6 +10,8 @@ legacy ``python -m gftlib.experiments.train_cli`` (no ``model_spec``) are unders
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +151,34 @@ def load(option: str, spec: ModelSpec, *, image_size: int | None = None, ema: bo
     return LoadedModel(model, model_spec, raw)
 
 
+class _SharedCPU:
+    """One CPU tensor per distinct device tensor (same memory, shape, strides and dtype), so that two
+    state dicts of one network name the same storages and ``torch.save`` writes each only once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def __call__(self, state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for name, t in state.items():
+            key = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+            if key not in self._seen:
+                self._seen[key] = t.detach().cpu()
+            out[name] = self._seen[key]
+        return out
+
+
 def save(path: str | Path, *, model: nn.Module, ema_model: nn.Module, model_spec: dict[str, Any],
          extra: dict[str, Any]) -> Path:
-    """Write a gftlib weights file atomically (with torchcfm's keys for torchcfm networks)."""
-    payload: dict[str, Any] = {"format": WEIGHTS_FORMAT, "model": model.state_dict(),
-                               "ema": ema_model.state_dict(), "model_spec": model_spec, **extra}
+    """Write a gftlib weights file atomically (with torchcfm's keys for torchcfm networks). Every
+    state dict is on the CPU; torchcfm's ``net_model`` / ``ema_model`` share the storages of
+    ``model`` / ``ema``, so the file holds each network once."""
+    cpu = _SharedCPU()
+    payload: dict[str, Any] = {"format": WEIGHTS_FORMAT, "model": cpu(model.state_dict()),
+                               "ema": cpu(ema_model.state_dict()), "model_spec": model_spec, **extra}
     if model_spec["kind"] == "torchcfm":
         from gftlib.models.torchcfm import torchcfm_state_dict
 
-        payload["net_model"] = torchcfm_state_dict(model)
-        payload["ema_model"] = torchcfm_state_dict(ema_model)
+        payload["net_model"] = cpu(torchcfm_state_dict(model, copy=False))
+        payload["ema_model"] = cpu(torchcfm_state_dict(ema_model, copy=False))
     return atomic_torch_save(payload, path)

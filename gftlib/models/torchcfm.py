@@ -194,9 +194,10 @@ def load_torchcfm(path_or_state: str | os.PathLike[str] | Mapping[str, Any], *, 
     return model.eval()
 
 
-def torchcfm_state_dict(model: nn.Module) -> "OrderedDict[str, Tensor]":
-    """The ``UNetModelWrapper`` state dict (no prefix, detached CPU copies) of a TorchCFMVelocity, a
-    torchcfm network, or either inside DataParallel/DDP."""
+def torchcfm_state_dict(model: nn.Module, *, copy: bool = True) -> "OrderedDict[str, Tensor]":
+    """The ``UNetModelWrapper`` state dict (no prefix) of a TorchCFMVelocity, a torchcfm network, or
+    either inside DataParallel/DDP: detached CPU copies, or with ``copy=False`` the detached tensors
+    themselves (sharing the network's memory, on its device)."""
     wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
     inner = model.module if isinstance(model, wrappers) else model
     if isinstance(inner, TorchCFMVelocity):
@@ -204,6 +205,8 @@ def torchcfm_state_dict(model: nn.Module) -> "OrderedDict[str, Tensor]":
     if not isinstance(inner, _wrapper_class()):
         raise TypeError(f"model must be a TorchCFMVelocity or a torchcfm UNetModelWrapper, got "
                         f"{type(model).__name__}")
+    if not copy:
+        return OrderedDict((k, v.detach()) for k, v in _strip(inner.state_dict()).items())
     return OrderedDict((k, v.detach().to("cpu").clone()) for k, v in _strip(inner.state_dict()).items())
 
 

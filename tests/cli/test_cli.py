@@ -222,3 +222,27 @@ def test_disk_data_folder_and_npz(tmp_path, capsys):
               "--out", str(tmp_path / "x.pt"), "--no-progress"])
     err = capsys.readouterr().err
     assert "--data" in err and str(empty) in err
+
+
+def test_weights_file_of_a_torchcfm_net_holds_each_network_once(tmp_path):
+    """torchcfm's ``net_model`` / ``ema_model`` in a weights file share the storages of ``model`` /
+    ``ema`` (torch.save writes a shared storage once): the file is about two networks, not four."""
+    from gftlib.cli import weights
+    from gftlib.models import TorchCFMVelocity, count_parameters, load_torchcfm
+
+    small = dict(dim=(3, 16, 16), num_channels=32, num_res_blocks=1, channel_mult=[1, 2],
+                 attention_resolutions="8", num_head_channels=16)
+    torch.manual_seed(0)
+    net, ema = TorchCFMVelocity(**small), TorchCFMVelocity(**small)
+    path = weights.save(tmp_path / "w.pt", model=net, ema_model=ema,
+                        model_spec={"kind": "torchcfm", "config": net.config}, extra={})
+    one_net = 4 * count_parameters(net)  # float32 bytes (torchcfm's UNet has no buffers)
+    assert 2 * one_net <= path.stat().st_size < 2 * one_net + one_net // 4
+    raw = torch.load(path, weights_only=True)
+    for ours, theirs in (("model", "net_model"), ("ema", "ema_model")):
+        assert list(raw[ours]) == [f"net.{k}" for k in raw[theirs]]
+        assert all(raw[ours][f"net.{k}"].data_ptr() == v.data_ptr() for k, v in raw[theirs].items())
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.2, 0.9])
+    with torch.no_grad():
+        assert torch.equal(load_torchcfm(path, **small)(x, t), ema.eval()(x, t))
+        assert torch.equal(load_torchcfm(path, ema=False, **small)(x, t), net.eval()(x, t))
