@@ -40,6 +40,19 @@ def tiny_problem(n: int = 64):
     return data, pretrained
 
 
+def rounding_bound(model: torch.nn.Module, data: torch.Tensor, ulps: int = 64) -> float:
+    """Largest mean squared difference of two float32 evaluations of ``model`` that differ only by rounding.
+
+    Each output component may move by ``ulps`` units of float32 roundoff of the largest output magnitude
+    seen on ``data`` (shifted towards noise too) at times in [0, 1]; the squared norm sums ``d`` of them.
+    """
+    eps = torch.finfo(torch.float32).eps
+    points = torch.cat([data, torch.randn(data.shape, generator=gen(7)), torch.zeros_like(data)])
+    with torch.no_grad():
+        scale = max(float(model(points, torch.full((len(points),), t)).abs().max()) for t in torch.linspace(0, 1, 11))
+    return data.shape[1] * (ulps * eps * max(scale, 1.0)) ** 2
+
+
 def analytic_pretrained():
     path = GaussianMixturePath(GaussianMixture(weights=[1.0], means=[MEAN.tolist()], stds=[STD]))
     return lambda x, t: path.velocity(x, t).to(x.dtype)
@@ -93,8 +106,10 @@ def test_every_method_builds_and_takes_a_loss_step(name):
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     if term in (TargetPathRegularizer, PretrainedDriftCache):
-        # the model starts at the pretrained weights, so the drift-form / L2 term is exactly 0 there
-        assert float(terms.pretrained.detach()) == 0.0
+        # the model starts at the pretrained weights, so the drift-form / L2 term is 0 there up to float32
+        # rounding: the two evaluations may see different batch shapes, hence different GEMM blockings
+        # (AVX2 vs AVX-512 kernels differ in the last bits), so each output agrees to a few ulp of its scale
+        assert 0.0 <= float(terms.pretrained.detach()) <= rounding_bound(pretrained, data)
     elif term is PretrainedCouplingCache:
         assert float(terms.pretrained.detach()) > 0  # conditional targets have positive variance
     if term not in (None, type(None)):
