@@ -85,7 +85,7 @@ PROFILE_TABLE: dict[str, dict[str, Any]] = {
               "methods": list(METHODS), "nfe": 3},
     "quick": {"n_seeds": 4, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "inception_weights": None, "image_size": 16, "model_config": "tiny", "n_target": 256,
-              "pretrain_steps": 350, "steps": 50, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
+              "pretrain_steps": 350, "steps": 150, "batch_size": 32, "beta0": 2.0, "schedule_kind": "cosine",
               "methods": list(QUICK_METHODS), "nfe": 8},
     "paper": {"n_seeds": 3, "dataset": "skimage", "data_root": None, "pretrain_root": None,
               "pretrained_checkpoint": IC.REQUIRED,
